@@ -1,0 +1,60 @@
+# Lungwatch: the two commands a new machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: run test lint unit integration model lock prometheus clean
+
+# The venv is rebuilt whenever the lock file changes; uv installs exactly what it pins.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Regenerate the lock after editing pyproject.toml dependencies.
+lock:
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+# Trains and registers the model only when the local registry has no version yet.
+model: $(STAMP)
+	$(PY) -m model.train --if-missing
+
+run: $(STAMP)
+	$(PY) -m model.train --if-missing
+	$(PY) -m api.run_local
+
+# Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "prometheus is missing: install it (apt-get install -y prometheus prometheus-alertmanager)"; exit 1; fi; }
+	@command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; fi; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) prometheus lint
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP) prometheus
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
