@@ -1,0 +1,1 @@
+"""The Lungwatch gateway: validates requests, asks the model server, accounts for every request."""

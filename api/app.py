@@ -1,0 +1,247 @@
+"""The gateway's app factory: routes, error handling, telemetry and model-client wiring."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
+
+from api.model_client import ModelAnswer, ModelClient, ModelServerError
+from api.observability import (
+    FAILURE_REASON,
+    STARTED_AT,
+    GatewayMetrics,
+    ObservabilityMiddleware,
+)
+from api.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+)
+from api.settings import Settings
+from telemetry import Telemetry, build_telemetry
+
+log = logging.getLogger("lungwatch.gateway")
+
+SERVICE_NAME = "lungwatch-gateway"
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (422, "Invalid input: the message names the field or position"),
+        (502, "The model server answered with something that is not a valid prediction"),
+        (503, "The model server is unreachable or not ready"),
+        (504, "The model server did not answer within the deadline"),
+    )
+}
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error; `code` also becomes the failure reason counted for the request."""
+    request.scope.setdefault("state", {})[FAILURE_REASON] = code
+    body = ErrorResponse(error=code, message=message, errors=errors)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name or "body"
+
+
+def _describe(error: dict[str, Any]) -> dict[str, str]:
+    kind = error.get("type", "")
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    field = _field_name(tuple(error.get("loc", ())))
+    if kind == "json_invalid":
+        ctx = error.get("ctx", {}).get("error", "")
+        message = f"request body is not valid JSON ({ctx})" if ctx else "request body is not JSON"
+        field = "body"
+    elif kind == "missing" and field == "body":
+        message = "request body is empty: send a JSON object"
+    elif kind == "extra_forbidden":
+        message = "unknown field: not part of the request schema"
+    return {"field": field, "message": message}
+
+
+def _trace_id() -> str:
+    return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+
+def _elapsed(request: Request) -> float:
+    started = request.scope.get("state", {}).get(STARTED_AT)
+    return round(time.perf_counter() - started, 6) if started else 0.0
+
+
+def _predictions(answer: ModelAnswer) -> list[Prediction]:
+    return [
+        Prediction(
+            prediction=row.prediction,
+            label=row.label,
+            prediction_probabilities=list(row.probabilities),
+            confidence=row.confidence,
+            prediction_id=uuid.uuid4().hex,
+        )
+        for row in answer.rows
+    ]
+
+
+def get_model_client(request: Request) -> ModelClient:
+    client: ModelClient = request.app.state.model_client
+    return client
+
+
+Client = Annotated[ModelClient, Depends(get_model_client)]
+
+
+def create_app(
+    settings: Settings | None = None,
+    telemetry: Telemetry | None = None,
+    model_client: ModelClient | None = None,
+) -> FastAPI:
+    """Build the gateway. Tests pass in-memory telemetry or another model client."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    settings = settings or Settings()
+    owns_telemetry = telemetry is None
+    telemetry = telemetry or build_telemetry(SERVICE_NAME)
+    client = model_client or ModelClient(
+        settings.model_server_url,
+        telemetry,
+        connect_timeout=settings.model_connect_timeout_seconds,
+        timeout=settings.model_timeout_seconds,
+        max_connections=settings.model_max_connections,
+    )
+    metrics = GatewayMetrics(telemetry)
+    ready_cache: dict[str, Any] = {"at": -1e9, "value": (False, {})}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+        if owns_telemetry:
+            telemetry.shutdown()  # flush spans and metrics still buffered
+
+    app = FastAPI(
+        title="Lungwatch gateway",
+        version="0.1.0",
+        description=(
+            "Lung-cancer risk (Low / Medium / High) from 23 clinical features, served by an "
+            "MLflow model server behind an OpenTelemetry-instrumented gateway."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.telemetry = telemetry
+    app.state.metrics = metrics
+    app.state.model_client = client
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_describe(e) for e in exc.errors()]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return error_response(request, 422, "invalid_request", summary, errors)
+
+    @app.exception_handler(ModelServerError)
+    async def model_error(request: Request, exc: ModelServerError) -> JSONResponse:
+        log.warning("model server error", extra={"reason": exc.reason, "error": exc.message})
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return error_response(request, exc.status_code, exc.reason, exc.message, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(request, 500, "internal", "internal error; see the gateway log")
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=ERROR_RESPONSES,
+        summary="Predict the risk level of one patient",
+    )
+    async def predict(body: PredictRequest, request: Request, client: Client) -> PredictResponse:
+        answer = await client.predict([body.row()])
+        (prediction,) = _predictions(answer)
+        metrics.record_prediction(prediction.prediction, prediction.confidence)
+        return PredictResponse(
+            **prediction.model_dump(),
+            model_version=answer.model_version,
+            trace_id=_trace_id(),
+            latency_seconds=_elapsed(request),
+        )
+
+    @app.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        responses=ERROR_RESPONSES,
+        summary=f"Predict several patients in one call (at most {settings.max_batch_rows} rows)",
+    )
+    async def predict_batch(
+        body: BatchRequest, request: Request, client: Client
+    ) -> BatchResponse | JSONResponse:
+        if len(body.rows) > settings.max_batch_rows:
+            return error_response(
+                request,
+                422,
+                "invalid_request",
+                f"rows: at most {settings.max_batch_rows} rows per call, got {len(body.rows)}",
+                [{"field": "rows", "message": f"at most {settings.max_batch_rows} rows"}],
+            )
+        answer = await client.predict([row.row() for row in body.rows])
+        predictions = _predictions(answer)
+        last = predictions[-1]
+        metrics.record_prediction(last.prediction, last.confidence)
+        return BatchResponse(
+            predictions=predictions,
+            model_version=answer.model_version,
+            trace_id=_trace_id(),
+            latency_seconds=_elapsed(request),
+        )
+
+    @app.get("/health", summary="Liveness: the gateway process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: the model server is reachable and its model loaded")
+    async def ready(client: Client) -> JSONResponse:
+        now = time.monotonic()
+        if now - ready_cache["at"] > settings.ready_cache_seconds:
+            ready_cache["value"] = await client.ready()
+            ready_cache["at"] = now
+        ok, detail = ready_cache["value"]
+        body = {"status": "ready" if ok else "not_ready", **detail}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics of the gateway", include_in_schema=True)
+    async def prometheus_metrics() -> Response:
+        return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    # Outermost: the server span is open while our middleware runs, so its histogram
+    # records carry exemplars and its log lines carry the trace id.
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        excluded_urls="/health,/ready,/metrics",
+    )
+    return app

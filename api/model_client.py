@@ -1,0 +1,174 @@
+"""The only way the gateway reaches the model server: one pooled httpx client with deadlines.
+
+Every failure becomes a ModelServerError with the HTTP status and reason the gateway answers
+with: 503 unreachable, 504 past the deadline, 502 for an answer that is not a valid
+prediction. A made-up prediction is never returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from model.features import FEATURE_NAMES, LABELS
+from model.serve import MODEL_VERSION_HEADER
+from telemetry import Telemetry
+from telemetry import instruments as ins
+
+
+class ModelServerError(Exception):
+    status_code = 502
+    reason = "model_bad_response"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelUnavailable(ModelServerError):
+    status_code = 503
+    reason = "model_unavailable"
+
+
+class ModelTimeout(ModelServerError):
+    status_code = 504
+    reason = "model_timeout"
+
+
+class ModelBadResponse(ModelServerError):
+    status_code = 502
+    reason = "model_bad_response"
+
+
+@dataclass(frozen=True)
+class RowPrediction:
+    prediction: int
+    label: str
+    probabilities: tuple[float, float, float]
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probabilities)
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    rows: list[RowPrediction]
+    model_version: str
+
+
+class ModelClient:
+    def __init__(
+        self,
+        base_url: str,
+        telemetry: Telemetry,
+        *,
+        connect_timeout: float = 1.0,
+        timeout: float = 5.0,
+        max_connections: int = 64,
+    ) -> None:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+        # CLIENT spans that inject W3C traceparent, so the model server joins the trace.
+        HTTPXClientInstrumentor.instrument_client(
+            self._client,
+            tracer_provider=telemetry.tracer_provider,
+            meter_provider=telemetry.meter_provider,
+        )
+        self._latency = ins.create(telemetry.meter("lungwatch.gateway"), ins.RESPONSE_LATENCY)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+        payload = {"dataframe_split": {"columns": list(FEATURE_NAMES), "data": rows}}
+        start = time.perf_counter()
+        outcome = "error"
+        try:
+            # httpx's timeouts are per phase (a trickling answer resets the read timer);
+            # asyncio.timeout makes `timeout` a deadline for the whole exchange.
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.post("/invocations", json=payload)
+            answer = self._parse(response, len(rows))
+            outcome = "ok"
+            return answer
+        except TimeoutError as exc:
+            raise ModelTimeout(f"model server did not answer within {self.timeout:g}s") from exc
+        except httpx.TimeoutException as exc:
+            raise ModelTimeout(f"model server timed out ({type(exc).__name__})") from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+            raise ModelUnavailable(
+                f"model server at {self.base_url} is unreachable ({type(exc).__name__})"
+            ) from exc
+        finally:
+            self._latency.record(time.perf_counter() - start, {"outcome": outcome})
+
+    def _parse(self, response: httpx.Response, n_rows: int) -> ModelAnswer:
+        if response.status_code == 503:
+            raise ModelUnavailable("model server is not ready (503)")
+        if response.status_code == 504:
+            raise ModelTimeout("model server gave up on the request (504)")
+        if response.status_code != 200:
+            raise ModelBadResponse(
+                f"model server answered HTTP {response.status_code}: {response.text[:200]!r}"
+            )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ModelBadResponse("model server answered with invalid JSON") from exc
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if not isinstance(predictions, list) or len(predictions) != n_rows:
+            got = len(predictions) if isinstance(predictions, list) else "none"
+            raise ModelBadResponse(f"model server returned {got} predictions for {n_rows} rows")
+        rows = [_parse_row(item, index) for index, item in enumerate(predictions)]
+        version = response.headers.get(MODEL_VERSION_HEADER, "unknown")
+        return ModelAnswer(rows=rows, model_version=version)
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Reachable and the model loaded (MLflow's /ping is 200 only with a model)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                ping = await self._client.get("/ping")
+                if ping.status_code != 200:
+                    return False, {"reason": f"model server /ping answered {ping.status_code}"}
+                model = await self._client.get("/model")
+        except (TimeoutError, httpx.HTTPError) as exc:
+            return False, {"reason": f"model server unreachable ({type(exc).__name__})"}
+        info = model.json() if model.status_code == 200 else {}
+        return True, {"model": info}
+
+
+def _parse_row(item: Any, index: int) -> RowPrediction:
+    if not isinstance(item, dict):
+        raise ModelBadResponse(f"prediction {index} is not an object")
+    try:
+        probabilities = (
+            float(item["prob_low"]),
+            float(item["prob_medium"]),
+            float(item["prob_high"]),
+        )
+        prediction = item["prediction"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelBadResponse(f"prediction {index} lacks class or probabilities") from exc
+    if isinstance(prediction, bool) or not isinstance(prediction, int) or not 0 <= prediction <= 2:
+        raise ModelBadResponse(f"prediction {index} has class {prediction!r}, not 0, 1 or 2")
+    if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities) or not math.isclose(
+        sum(probabilities), 1.0, abs_tol=1e-6
+    ):
+        raise ModelBadResponse(f"prediction {index} has invalid probabilities {probabilities}")
+    return RowPrediction(prediction, LABELS[prediction], probabilities)

@@ -1,0 +1,137 @@
+"""The gateway's instruments and the ASGI middleware that accounts for every request.
+
+The middleware, not the route, owns the accounting: every POST to a prediction endpoint is
+counted in api_total_requests_total on arrival and in exactly one of successful/failed when
+it ends, whatever happened in between (validation error, model fault, unhandled exception).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import psutil
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from telemetry import Telemetry
+from telemetry import instruments as ins
+
+PREDICTION_ENDPOINTS = frozenset({"/predict", "/predict/batch"})
+FAILURE_REASON = "lungwatch.failure_reason"  # key in the ASGI scope state set by handlers
+STARTED_AT = "lungwatch.started_at"
+
+access_log = logging.getLogger("lungwatch.access")
+
+
+def reason_for_status(status: int) -> str:
+    if status < 500:
+        return "invalid_request"
+    return {502: "model_bad_response", 503: "model_unavailable", 504: "model_timeout"}.get(
+        status, "internal"
+    )
+
+
+class GatewayMetrics:
+    """Creates every gateway instrument declared in telemetry.instruments."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        meter = telemetry.meter("lungwatch.gateway")
+        self.prediction_result = ins.create(meter, ins.PREDICTION_RESULT)
+        self.prediction_confidence = ins.create(meter, ins.PREDICTION_CONFIDENCE)
+        self.total = ins.create(meter, ins.TOTAL_REQUESTS)
+        self.successful = ins.create(meter, ins.SUCCESSFUL_REQUESTS)
+        self.failed = ins.create(meter, ins.FAILED_REQUESTS)
+        self.endpoint_time = ins.create(meter, ins.ENDPOINT_REQUEST_TIME)
+        self.memory_per_request = ins.create(meter, ins.MEMORY_PER_REQUEST)
+        self._process = psutil.Process()
+        # cpu_percent(None) compares with the previous call: prime it so the first
+        # scrape reports a real figure. Both callbacks run at collection, never per request.
+        psutil.cpu_percent(None)
+        ins.create(meter, ins.SYSTEM_CPU, callbacks=[self._cpu])
+        ins.create(meter, ins.SYSTEM_RAM, callbacks=[self._ram])
+
+    @staticmethod
+    def _cpu(options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(psutil.cpu_percent(None))
+
+    @staticmethod
+    def _ram(options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(psutil.virtual_memory().percent)
+
+    def rss(self) -> int:
+        # One read of /proc/self/statm (a few microseconds): cheap enough per request.
+        return int(self._process.memory_info().rss)
+
+    def record_prediction(self, prediction: int, confidence: float) -> None:
+        self.prediction_result.set(prediction)
+        self.prediction_confidence.set(confidence)
+
+
+class ObservabilityMiddleware:
+    """Times every request, accounts for prediction requests, writes one JSON log line."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state[STARTED_AT] = start
+        predicting = method == "POST" and path in PREDICTION_ENDPOINTS
+        rss_before = 0
+        if predicting:
+            self.metrics.total.add(1, {"endpoint": path})
+            rss_before = self.metrics.rss()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                ctx = trace.get_current_span().get_span_context()
+                if ctx.is_valid:
+                    headers = list(message.get("headers", []))
+                    headers.append((b"x-trace-id", format(ctx.trace_id, "032x").encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            duration = time.perf_counter() - start
+            route = scope.get("route")
+            # The route template keeps the label set bounded; unknown paths share one value.
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.endpoint_time.record(
+                duration, {"endpoint": endpoint, "method": method, "status_code": str(status)}
+            )
+            reason = None
+            if predicting:
+                if status == 200:
+                    self.metrics.successful.add(1, {"endpoint": path})
+                else:
+                    reason = state.get(FAILURE_REASON) or reason_for_status(status)
+                    self.metrics.failed.add(1, {"endpoint": path, "reason": reason})
+                self.metrics.memory_per_request.set(max(0, self.metrics.rss() - rss_before))
+            if not path.startswith(("/metrics", "/health", "/ready")):
+                access_log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": endpoint,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                        **({"reason": reason} if reason else {}),
+                    },
+                )

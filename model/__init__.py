@@ -1,0 +1,1 @@
+"""Model package: training, the pyfunc wrapper, and the instrumented MLflow model server."""

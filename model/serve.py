@@ -1,0 +1,166 @@
+"""The model server: MLflow's own scoring app serving the registered model, instrumented.
+
+    python -m model.serve  # LUNGWATCH_MODEL_URI, LUNGWATCH_MODEL_HOST/PORT, MLFLOW_TRACKING_URI
+
+Adds to MLflow's app (routes /ping, /health, /version, /invocations): OTel server spans that
+join the caller's trace (W3C traceparent), a `model.predict` span and the
+`model_inference_seconds` histogram around the model call, `/metrics`, `/model` (name,
+version, run id), and the served version in an `x-model-version` header on every response.
+It runs in-process under uvicorn, without the idle `mlflow models serve` parent process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.features import DEFAULT_MODEL_URI
+from telemetry import Telemetry, build_telemetry
+from telemetry import instruments as ins
+
+log = logging.getLogger("model.serve")
+
+SERVICE_NAME = "lungwatch-model-server"
+MODEL_VERSION_HEADER = "x-model-version"
+
+
+class ModelServerSettings(BaseSettings):
+    """Environment variables of the model server (names are the fields, upper-cased)."""
+
+    model_config = SettingsConfigDict(env_prefix="LUNGWATCH_MODEL_", protected_namespaces=())
+
+    uri: str = DEFAULT_MODEL_URI  # LUNGWATCH_MODEL_URI
+    host: str = "127.0.0.1"  # LUNGWATCH_MODEL_HOST
+    port: int = 8080  # LUNGWATCH_MODEL_PORT
+    log_level: str = "info"  # LUNGWATCH_MODEL_LOG_LEVEL
+    # Seconds uvicorn waits for in-flight requests after SIGTERM before closing them.
+    graceful_shutdown_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    run_id: str
+    uri: str
+
+
+def resolve_model_info(uri: str) -> ModelInfo:
+    """Name/version/run of a `models:/name@alias` or `models:/name/version` URI."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("models:/"):
+        ref = uri.removeprefix("models:/")
+        client = MlflowClient()
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = ref.split("/", 1)
+            mv = client.get_model_version(name, version)
+        return ModelInfo(name=name, version=str(mv.version), run_id=mv.run_id or "", uri=uri)
+    return ModelInfo(name=uri, version="unregistered", run_id="", uri=uri)
+
+
+def instrument_predict(pyfunc_model: Any, telemetry: Telemetry) -> None:
+    """Time and trace the model call itself, apart from MLflow's parsing and JSON work."""
+    meter = telemetry.meter("lungwatch.model_server")
+    inference = ins.create(meter, ins.MODEL_INFERENCE)
+    rows_counter = ins.create(meter, ins.MODEL_ROWS)
+    tracer = telemetry.tracer("lungwatch.model_server")
+    original = pyfunc_model.predict
+
+    # functools.wraps keeps the signature MLflow inspects for a `params` argument.
+    @functools.wraps(original)
+    def predict(data: Any, *args: Any, **kwargs: Any) -> Any:
+        rows = len(data) if hasattr(data, "__len__") else 1
+        with tracer.start_as_current_span("model.predict") as span:
+            span.set_attribute("lungwatch.batch.rows", rows)
+            start = time.perf_counter()
+            outcome = "error"
+            try:
+                result = original(data, *args, **kwargs)
+                outcome = "ok"
+                return result
+            finally:
+                inference.record(time.perf_counter() - start, {"outcome": outcome})
+                if outcome == "ok":
+                    rows_counter.add(rows)
+
+    pyfunc_model.predict = predict
+
+
+def create_model_server_app(
+    model_uri: str, telemetry: Telemetry, *, pyfunc_model: Any = None
+) -> FastAPI:
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    from model.train import tracking_uri
+
+    # The same default store as training, so `make run` finds what it registered.
+    mlflow.set_tracking_uri(tracking_uri())
+    info = resolve_model_info(model_uri)
+    if pyfunc_model is None:
+        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
+    instrument_predict(pyfunc_model, telemetry)
+    app: FastAPI = scoring_server.init(pyfunc_model)
+
+    @app.middleware("http")
+    async def model_version_header(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers[MODEL_VERSION_HEADER] = info.version
+        return response
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/model")
+    async def model() -> dict[str, str]:
+        return asdict(info)
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        excluded_urls="/ping,/health,/metrics,/version,/model",
+    )
+    log.info("serving %s version %s (run %s)", info.name, info.version, info.run_id)
+    return app
+
+
+def main() -> int:
+    import uvicorn
+
+    from telemetry.logs import configure_logging
+
+    settings = ModelServerSettings()
+    configure_logging(settings.log_level)
+    telemetry = build_telemetry(SERVICE_NAME)
+    try:
+        app = create_model_server_app(settings.uri, telemetry)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        )
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Every instrument Lungwatch declares: name, kind, unit, buckets and description, in one place.
+
+Instrument names are the exact Prometheus names of the metric contract, suffixes included,
+so both exporters print them unchanged: the SDK's PrometheusMetricReader appends a unit or
+`_total` suffix only when the name does not already end with it, and the Collector's
+exporter is configured not to add suffixes (see otel-collector.yaml). CPU/RAM gauges use
+an empty unit on purpose: "%" would add `_percent` and "1" adds `_ratio` in the Collector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from opentelemetry.metrics import Meter
+
+# Seconds, from a lone cached request (~5 ms) to the gateway's longest deadline (10 s).
+# The SDK's default boundaries are millisecond-sized (0, 5, 10, ... 10000) even for unit "s".
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+
+class Kind(StrEnum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"
+    OBSERVABLE_GAUGE = "observable_gauge"
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    name: str
+    kind: Kind
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None
+    contract: bool = False  # one of the ten names the seed's users query
+    attributes: tuple[str, ...] = field(default_factory=tuple)  # label keys it may carry
+
+
+# --- the gateway -----------------------------------------------------------------------
+PREDICTION_RESULT = InstrumentSpec(
+    "api_prediction_result", Kind.GAUGE, "",
+    "Class of the latest prediction (0 Low, 1 Medium, 2 High)", contract=True,
+)  # fmt: skip
+PREDICTION_CONFIDENCE = InstrumentSpec(
+    "api_prediction_confidence", Kind.GAUGE, "",
+    "Confidence (highest class probability) of the latest prediction", contract=True,
+)  # fmt: skip
+TOTAL_REQUESTS = InstrumentSpec(
+    "api_total_requests_total", Kind.COUNTER, "",
+    "Prediction requests received (one per HTTP request to /predict or /predict/batch)",
+    contract=True, attributes=("endpoint",),
+)  # fmt: skip
+SUCCESSFUL_REQUESTS = InstrumentSpec(
+    "api_successful_requests_total", Kind.COUNTER, "",
+    "Prediction requests answered with a prediction (HTTP 200)",
+    contract=True, attributes=("endpoint",),
+)  # fmt: skip
+FAILED_REQUESTS = InstrumentSpec(
+    "api_failed_requests_total", Kind.COUNTER, "",
+    "Prediction requests that failed, by reason (invalid_request is the client's fault)",
+    contract=True, attributes=("endpoint", "reason"),
+)  # fmt: skip
+RESPONSE_LATENCY = InstrumentSpec(
+    "api_response_latency_seconds", Kind.HISTOGRAM, "s",
+    "Model-server round trip as seen by the gateway",
+    buckets=LATENCY_BUCKETS_SECONDS, contract=True, attributes=("outcome",),
+)  # fmt: skip
+ENDPOINT_REQUEST_TIME = InstrumentSpec(
+    "endpoint_request_time_seconds", Kind.HISTOGRAM, "s",
+    "Gateway response time per endpoint, method and status code",
+    buckets=LATENCY_BUCKETS_SECONDS, contract=True,
+    attributes=("endpoint", "method", "status_code"),
+)  # fmt: skip
+MEMORY_PER_REQUEST = InstrumentSpec(
+    "memory_per_request_bytes", Kind.GAUGE, "By",
+    "Growth of the gateway's resident memory (RSS) across the latest prediction request",
+    contract=True,
+)  # fmt: skip
+SYSTEM_CPU = InstrumentSpec(
+    "system_cpu_usage", Kind.OBSERVABLE_GAUGE, "",
+    "Machine CPU usage in percent since the previous collection", contract=True,
+)  # fmt: skip
+SYSTEM_RAM = InstrumentSpec(
+    "system_ram_usage", Kind.OBSERVABLE_GAUGE, "",
+    "Machine RAM usage in percent", contract=True,
+)  # fmt: skip
+
+# --- the model server ------------------------------------------------------------------
+MODEL_INFERENCE = InstrumentSpec(
+    "model_inference_seconds", Kind.HISTOGRAM, "s",
+    "Time inside the model's predict call in the model server, per /invocations call",
+    buckets=LATENCY_BUCKETS_SECONDS, attributes=("outcome",),
+)  # fmt: skip
+MODEL_ROWS = InstrumentSpec(
+    "model_predicted_rows_total", Kind.COUNTER, "",
+    "Rows scored by the model server",
+)  # fmt: skip
+
+GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    PREDICTION_RESULT, PREDICTION_CONFIDENCE, TOTAL_REQUESTS, SUCCESSFUL_REQUESTS,
+    FAILED_REQUESTS, RESPONSE_LATENCY, ENDPOINT_REQUEST_TIME, MEMORY_PER_REQUEST,
+    SYSTEM_CPU, SYSTEM_RAM,
+)  # fmt: skip
+MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (MODEL_INFERENCE, MODEL_ROWS)
+ALL_INSTRUMENTS = GATEWAY_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
+CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.contract)
+
+
+def create(meter: Meter, spec: InstrumentSpec, callbacks: Any = None) -> Any:
+    """Create the SDK instrument a spec describes on the given meter."""
+    if spec.kind is Kind.COUNTER:
+        return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+    if spec.kind is Kind.HISTOGRAM:
+        return meter.create_histogram(
+            spec.name,
+            unit=spec.unit,
+            description=spec.description,
+            explicit_bucket_boundaries_advisory=list(spec.buckets or ()),
+        )
+    if spec.kind is Kind.GAUGE:
+        return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
+    return meter.create_observable_gauge(
+        spec.name, callbacks=callbacks or [], unit=spec.unit, description=spec.description
+    )
