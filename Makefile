@@ -30,7 +30,7 @@ model: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m model.train --if-missing
-	$(PY) -m api.run_local
+	$(PY) scripts/run_local.py
 
 # Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
 prometheus:
