@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from api.app import create_app
 from api.settings import Settings
+from model.serve import run_uvicorn
 from telemetry.logs import configure_logging
 
 
@@ -15,13 +14,8 @@ def main() -> int:
     settings = Settings()
     configure_logging(settings.log_level)
     # The app's lifespan closes the model client and flushes telemetry on SIGTERM/Ctrl-C.
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+    run_uvicorn(
+        create_app(settings), settings.host, settings.port, settings.graceful_shutdown_seconds
     )
     return 0
 

@@ -13,10 +13,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
+from starlette.exceptions import HTTPException
 
-from api.model_client import ModelAnswer, ModelClient, ModelServerError
+from api.circuit import CircuitBreaker, retry_after_header
+from api.errors import error_response
+from api.guard import RequestGuard
+from api.model_client import CircuitOpen, ModelAnswer, ModelClient, ModelServerError
 from api.observability import (
-    FAILURE_REASON,
     STARTED_AT,
     GatewayMetrics,
     ObservabilityMiddleware,
@@ -44,20 +47,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (504, "The model server did not answer within the deadline"),
     )
 }
-
-
-def error_response(
-    request: Request,
-    status: int,
-    code: str,
-    message: str,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """A JSON error; `code` also becomes the failure reason counted for the request."""
-    request.scope.setdefault("state", {})[FAILURE_REASON] = code
-    body = ErrorResponse(error=code, message=message, errors=errors)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -130,13 +119,23 @@ def create_app(
         connect_timeout=settings.model_connect_timeout_seconds,
         timeout=settings.model_timeout_seconds,
         max_connections=settings.model_max_connections,
+        breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds),
     )
     metrics = GatewayMetrics(telemetry)
     ready_cache: dict[str, Any] = {"at": -1e9, "value": (False, {})}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_server = None
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=telemetry.registry
+            )
         yield
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await client.aclose()
         if owns_telemetry:
             telemetry.shutdown()  # flush spans and metrics still buffered
@@ -159,18 +158,34 @@ def create_app(
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_describe(e) for e in exc.errors()]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return error_response(request, 422, "invalid_request", summary, errors)
+        return error_response(request.scope, 422, "invalid_request", summary, errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 400:
+            # FastAPI's answer to a body json.loads cannot handle (e.g. nested too deep).
+            message = "request body could not be parsed as JSON (too deeply nested or invalid)"
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        return error_response(request.scope, exc.status_code, code, message, headers=exc.headers)
 
     @app.exception_handler(ModelServerError)
     async def model_error(request: Request, exc: ModelServerError) -> JSONResponse:
-        log.warning("model server error", extra={"reason": exc.reason, "error": exc.message})
-        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        return error_response(request, exc.status_code, exc.reason, exc.message, headers=headers)
+        if not isinstance(exc, CircuitOpen):  # while open, the access line says enough
+            log.warning("model server error", extra={"reason": exc.reason, "error": exc.message})
+        headers = None
+        if exc.status_code == 503:
+            headers = {"Retry-After": retry_after_header(exc.retry_after or 1)}
+        return error_response(
+            request.scope, exc.status_code, exc.reason, exc.message, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return error_response(request, 500, "internal", "internal error; see the gateway log")
+        return error_response(request.scope, 500, "internal", "internal error; see the gateway log")
 
     @app.post(
         "/predict",
@@ -200,7 +215,7 @@ def create_app(
     ) -> BatchResponse | JSONResponse:
         if len(body.rows) > settings.max_batch_rows:
             return error_response(
-                request,
+                request.scope,
                 422,
                 "invalid_request",
                 f"rows: at most {settings.max_batch_rows} rows per call, got {len(body.rows)}",
@@ -231,10 +246,20 @@ def create_app(
         body = {"status": "ready" if ok else "not_ready", **detail}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics of the gateway", include_in_schema=True)
-    async def prometheus_metrics() -> Response:
-        return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+    if not settings.metrics_port:
 
+        @app.get("/metrics", summary="Prometheus metrics of the gateway")
+        async def prometheus_metrics() -> Response:
+            return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+
+    # add_middleware wraps: the last added runs first. The guard runs inside the
+    # accounting, so its refusals are counted like any other failed request.
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+        api_keys=settings.api_key_list,
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     # Outermost: the server span is open while our middleware runs, so its histogram
     # records carry exemplars and its log lines carry the trace id.
@@ -242,6 +267,8 @@ def create_app(
         app,
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
+        # The per-message "http receive/send" spans add cost and no insight here.
+        exclude_spans=["receive", "send"],
         excluded_urls="/health,/ready,/metrics",
     )
     return app

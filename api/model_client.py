@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from api.circuit import CircuitBreaker, CircuitOpenError
 from model.features import FEATURE_NAMES, LABELS
 from model.serve import MODEL_VERSION_HEADER
 from telemetry import Telemetry
@@ -26,14 +27,19 @@ class ModelServerError(Exception):
     status_code = 502
     reason = "model_bad_response"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 class ModelUnavailable(ModelServerError):
     status_code = 503
     reason = "model_unavailable"
+
+
+class CircuitOpen(ModelUnavailable):
+    reason = "circuit_open"
 
 
 class ModelTimeout(ModelServerError):
@@ -72,11 +78,13 @@ class ModelClient:
         connect_timeout: float = 1.0,
         timeout: float = 5.0,
         max_connections: int = 64,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.breaker = breaker or CircuitBreaker(failure_threshold=0)
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -91,11 +99,38 @@ class ModelClient:
             meter_provider=telemetry.meter_provider,
         )
         self._latency = ins.create(telemetry.meter("lungwatch.gateway"), ins.RESPONSE_LATENCY)
+        self._tracer = telemetry.tracer("lungwatch.gateway")
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+        try:
+            probe = self.breaker.before_call()
+        except CircuitOpenError as exc:
+            raise CircuitOpen(
+                f"model server failing: {exc}; next attempt in {exc.retry_after:.1f}s",
+                retry_after=exc.retry_after,
+            ) from exc
+        # One span per model-server call: it carries the outcome (an httpx span cut short by
+        # the deadline ends without an error status) and, under batching, the batch's size.
+        with self._tracer.start_as_current_span(
+            "model_server.predict", attributes={"lungwatch.batch.rows": len(rows)}
+        ) as span:
+            try:
+                answer = await self._predict(rows)
+            except ModelServerError as exc:
+                span.set_attribute("lungwatch.failure_reason", exc.reason)
+                self.breaker.record_failure(probe)
+                raise
+            except BaseException:  # cancelled (client gone) or a bug: no verdict on the server
+                if probe:
+                    self.breaker.release_probe()
+                raise
+        self.breaker.record_success(probe)
+        return answer
+
+    async def _predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
         payload = {"dataframe_split": {"columns": list(FEATURE_NAMES), "data": rows}}
         start = time.perf_counter()
         outcome = "error"
@@ -124,9 +159,8 @@ class ModelClient:
         if response.status_code == 504:
             raise ModelTimeout("model server gave up on the request (504)")
         if response.status_code != 200:
-            raise ModelBadResponse(
-                f"model server answered HTTP {response.status_code}: {response.text[:200]!r}"
-            )
+            # The body is not quoted: MLflow's error text can echo the input (patient data).
+            raise ModelBadResponse(f"model server answered HTTP {response.status_code}")
         try:
             body = response.json()
         except ValueError as exc:

@@ -25,5 +25,22 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(100, ge=1, le=10_000)
     # Readiness probe cache, so a busy /ready does not hammer the model server.
     ready_cache_seconds: float = Field(1.0, ge=0)
+    # Hostile or accidental input: bodies beyond this are refused with a 413 before parsing.
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    # Prediction requests in flight at once; beyond it a quick 503 `overloaded` (0: no limit).
+    max_in_flight: int = Field(64, ge=0)
+    # Circuit breaker: after this many consecutive model-server failures, fail fast for
+    # `circuit_reset_seconds`, then let one probe through (0 turns the breaker off).
+    circuit_failure_threshold: int = Field(5, ge=0)
+    circuit_reset_seconds: float = Field(5.0, gt=0)
+    # Comma-separated API keys for the prediction endpoints; empty means no auth (the local
+    # default). Compared in constant time; never logged.
+    api_keys: str = Field("", repr=False)
+    # Serve /metrics on this separate port instead of the API port (unset: on the API port).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     log_level: str = "info"
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]

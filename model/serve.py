@@ -133,15 +133,41 @@ def create_model_server_app(
         app,
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
+        # The per-message "http receive/send" spans add cost and no insight here.
+        exclude_spans=["receive", "send"],
         excluded_urls="/ping,/health,/metrics,/version,/model",
     )
     log.info("serving %s version %s (run %s)", info.name, info.version, info.run_id)
     return app
 
 
-def main() -> int:
+def run_uvicorn(app: Any, host: str, port: int, graceful_shutdown_seconds: float) -> None:
+    """Serve until SIGTERM/SIGINT, finish in-flight requests, then return (exit code 0).
+
+    uvicorn handles the signal gracefully, then re-raises it with the handler that was
+    installed before it started, so the process would die "by SIGTERM" (exit -15); this
+    handler turns that into a normal exit once the graceful shutdown is done.
+    """
+    import signal
+
     import uvicorn
 
+    def exit_cleanly(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
+    signal.signal(signal.SIGINT, exit_cleanly)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(graceful_shutdown_seconds),
+    )
+
+
+def main() -> int:
     from telemetry.logs import configure_logging
 
     settings = ModelServerSettings()
@@ -149,14 +175,7 @@ def main() -> int:
     telemetry = build_telemetry(SERVICE_NAME)
     try:
         app = create_model_server_app(settings.uri, telemetry)
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
-        )
+        run_uvicorn(app, settings.host, settings.port, settings.graceful_shutdown_seconds)
     finally:
         telemetry.shutdown()
     return 0

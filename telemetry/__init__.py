@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -31,6 +32,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 # The FastAPI/httpx instrumentations read this once, at first use: the stable HTTP
 # semantic conventions give `http_server_request_duration_seconds` in seconds.
 os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+# The SDK's own health metrics (spans processed/dropped by the batch processor, exports
+# failed): with a backend down they show what is being dropped, on /metrics.
+os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+
+# A down backend makes these log every failed batch or dropped span; ReportingExporter logs
+# the transitions instead (failing / recovered) and the SDK metrics count the rest.
+for _noisy in (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.sdk._shared_internal",
+):
+    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,56 @@ def _otlp_wanted(signal: str) -> bool:
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
     )
+
+
+class ReportingExporter:
+    """Wraps an OTLP exporter: logs once when exports start failing and once on recovery.
+
+    Delegates everything else, so the SDK's processors and readers use it as the exporter.
+    """
+
+    def __init__(self, inner: Any, signal: str) -> None:
+        self._inner = inner
+        self._signal = signal
+        self._healthy = True
+        self._failed_batches = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = self._inner.export(batch, *args, **kwargs)
+            ok = getattr(result, "name", "") == "SUCCESS"
+        except Exception as exc:  # an exporter bug must not kill the export thread
+            result, ok = None, False
+            log.debug("exporter raised", exc_info=exc)
+        if not ok:
+            self._failed_batches += 1
+            if self._healthy:
+                self._healthy = False
+                log.warning(
+                    "OTLP %s export failing; telemetry is dropped (bounded) until the "
+                    "backend answers. Predictions are not affected.",
+                    self._signal,
+                    extra={"event": f"otlp_{self._signal}_export_failing"},
+                )
+        elif not self._healthy:
+            self._healthy = True
+            log.info(
+                "OTLP %s export recovered after %d failed batches",
+                self._signal,
+                self._failed_batches,
+                extra={"event": f"otlp_{self._signal}_export_recovered"},
+            )
+            self._failed_batches = 0
+        if result is None:
+            from opentelemetry.sdk.metrics.export import MetricExportResult
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            failure = SpanExportResult if self._signal == "traces" else MetricExportResult
+            return failure.FAILURE
+        return result
 
 
 @dataclass
@@ -94,19 +157,6 @@ def build_telemetry(
         {"service.name": service_name, "service.instance.id": str(uuid.uuid4())}
     )
 
-    # Sampler: None lets the SDK read OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
-    tracer_provider = TracerProvider(resource=resource)
-    otlp_traces = False
-    if span_exporter is not None:
-        tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
-    if _otlp_wanted("TRACES"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        # The batch processor's queue is bounded (OTEL_BSP_MAX_QUEUE_SIZE, 2048): when the
-        # backend is down spans are dropped, never queued without limit or waited for.
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        otlp_traces = True
-
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = list(metric_readers)
     if prometheus:
@@ -116,9 +166,30 @@ def build_telemetry(
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
         # Interval from OTEL_METRIC_EXPORT_INTERVAL (default 60 s); exported off-thread.
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(
+            PeriodicExportingMetricReader(
+                ReportingExporter(OTLPMetricExporter(), "metrics")  # type: ignore[arg-type]
+            )
+        )
         otlp_metrics = True
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+
+    # Sampler: None lets the SDK read OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
+    tracer_provider = TracerProvider(resource=resource)
+    otlp_traces = False
+    if span_exporter is not None:
+        tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    if _otlp_wanted("TRACES"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # The batch processor exports from its own thread and its queue is bounded
+        # (OTEL_BSP_MAX_QUEUE_SIZE, 2048): with the backend down or silent, spans are
+        # dropped and counted, never queued without limit, and no request waits on them.
+        exporter = ReportingExporter(OTLPSpanExporter(meter_provider=meter_provider), "traces")
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(exporter, meter_provider=meter_provider)  # type: ignore[arg-type]
+        )
+        otlp_traces = True
 
     return Telemetry(
         service_name=service_name,

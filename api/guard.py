@@ -1,0 +1,142 @@
+"""Checks made before a prediction request reaches FastAPI: API key, content type, body
+size and the in-flight limit. Each refusal is quick, a JSON error, and counted."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+from api.observability import PREDICTION_ENDPOINTS
+
+
+class TooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_in_flight: int,
+        api_keys: Sequence[str] = (),
+        guarded_paths: frozenset[str] = PREDICTION_ENDPOINTS,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.api_keys = [k.encode() for k in api_keys if k]
+        self.guarded_paths = guarded_paths
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.guarded_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refusal = self._refuse_by_headers(scope, headers)
+        if refusal is None and scope["method"] == "POST":
+            try:
+                body = await self._read_body(receive, headers)
+            except TooLarge:
+                refusal = error_response(
+                    scope,
+                    413,
+                    "payload_too_large",
+                    f"request body exceeds {self.max_body_bytes} bytes",
+                )
+            else:
+                receive = _replay(body, receive)
+        if refusal is None and self.max_in_flight and self.in_flight >= self.max_in_flight:
+            # A quick 503 now beats an unbounded queue that times out for everyone later.
+            refusal = error_response(
+                scope,
+                503,
+                "overloaded",
+                f"gateway busy: {self.in_flight} prediction requests in flight "
+                f"(limit {self.max_in_flight}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    def _refuse_by_headers(self, scope: Scope, headers: Headers):  # type: ignore[no-untyped-def]
+        if self.api_keys and not self._authorized(headers):
+            return error_response(
+                scope,
+                401,
+                "unauthorized",
+                "missing or invalid API key: send it as `X-API-Key` or `Authorization: Bearer`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if scope["method"] != "POST":
+            return None  # FastAPI answers 405 itself
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            shown = media_type or "none"
+            return error_response(
+                scope,
+                415,
+                "unsupported_media_type",
+                f"send the body as JSON with `Content-Type: application/json` (got {shown})",
+            )
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return error_response(
+                scope,
+                413,
+                "payload_too_large",
+                f"request body of {declared} bytes exceeds {self.max_body_bytes} bytes",
+            )
+        return None
+
+    def _authorized(self, headers: Headers) -> bool:
+        supplied = headers.get("x-api-key") or ""
+        authorization = headers.get("authorization", "")
+        if not supplied and authorization.lower().startswith("bearer "):
+            supplied = authorization[7:].strip()
+        candidate = supplied.encode()
+        # compare_digest against every key, so timing says nothing about which one matched.
+        matches = [hmac.compare_digest(candidate, key) for key in self.api_keys]
+        return bool(supplied) and any(matches)
+
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
+        """The whole body, refusing it as soon as it passes the limit (chunked too)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # client went away; the app sees an empty body and the disconnect
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for the disconnect, as servers do
+
+    return replay
