@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean
+.PHONY: run test lint unit integration model lock prometheus clean load venv
 
 # The venv is rebuilt whenever the lock file changes; uv installs exactly what it pins.
 $(STAMP): requirements.lock pyproject.toml
@@ -31,6 +31,10 @@ model: $(STAMP)
 run: $(STAMP)
 	$(PY) -m model.train --if-missing
 	$(PY) scripts/run_local.py
+
+# Traffic against `make run`'s gateway, e.g. make load ARGS="--rate 50 --duration 60s".
+load: $(STAMP)
+	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
 
 # Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
 prometheus:

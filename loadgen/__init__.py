@@ -1,0 +1,1 @@
+"""Lungwatch's traffic generator: open- and closed-loop load, an honest report, reconciliation."""

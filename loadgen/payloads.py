@@ -1,0 +1,186 @@
+"""Request bodies: valid ones drawn from dataset rows, and each kind of invalid input."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.features import FEATURE_NAMES, FEATURES, N_FEATURES
+
+PREDICT = "/predict"
+PREDICT_BATCH = "/predict/batch"
+
+VALID_KINDS: tuple[str, ...] = ("features", "patient", "batch")
+# The seed's two broken shapes (wrong count, non-numeric) and three more the gateway refuses.
+INVALID_KINDS: tuple[str, ...] = (
+    "wrong_count",
+    "non_numeric",
+    "out_of_range",
+    "malformed_json",
+    "empty_body",
+)
+
+
+@dataclass(frozen=True)
+class LabelledRow:
+    features: tuple[int, ...]  # in dataset (FEATURES) order
+    label: int | None  # 0/1/2 when known
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One HTTP request to send; `labels` are the true classes of the rows it carries."""
+
+    kind: str
+    path: str
+    body: bytes
+    labels: tuple[int | None, ...] = ()
+
+    @property
+    def valid(self) -> bool:
+        return self.kind in VALID_KINDS
+
+
+class RowSource:
+    """Draws labelled rows; the place where shifted inputs (issue 6's `--drift`) plug in."""
+
+    def __init__(self, rows: Sequence[LabelledRow]) -> None:
+        if not rows:
+            raise ValueError("no rows to draw requests from")
+        self.rows = list(rows)
+
+    def draw(self, rng: random.Random) -> LabelledRow:
+        return rng.choice(self.rows)
+
+
+def load_rows(path: Path | None = None) -> list[LabelledRow]:
+    from model.features import load_dataset
+
+    frame = load_dataset(path) if path is not None else load_dataset()
+    features = frame[list(FEATURE_NAMES)].to_numpy().tolist()
+    labels = frame["level"].tolist()
+    return [
+        LabelledRow(tuple(int(v) for v in row), int(label))
+        for row, label in zip(features, labels, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Shares of request kinds; whatever the invalid shares leave is valid traffic."""
+
+    invalid: Mapping[str, float]
+    batch_share: float = 0.0  # of valid requests, sent to /predict/batch
+    patient_share: float = (
+        0.5  # of rows, sent as {"patient": {...}} rather than {"features": [...]}
+    )
+    batch_size: int = 10
+
+    def __post_init__(self) -> None:
+        unknown = set(self.invalid) - set(INVALID_KINDS)
+        if unknown:
+            raise ValueError(f"unknown invalid kinds: {sorted(unknown)}; known: {INVALID_KINDS}")
+        total = sum(self.invalid.values())
+        if any(v < 0 for v in self.invalid.values()) or total > 1:
+            raise ValueError("invalid shares must be >= 0 and sum to at most 1")
+        for name, share in (
+            ("batch share", self.batch_share),
+            ("patient share", self.patient_share),
+        ):
+            if not 0 <= share <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+
+
+def _row_object(row: LabelledRow, rng: random.Random, patient_share: float) -> dict[str, object]:
+    if rng.random() < patient_share:
+        return {"patient": dict(zip(FEATURE_NAMES, row.features, strict=True))}
+    return {"features": list(row.features)}
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def wrong_count(row: LabelledRow, rng: random.Random) -> bytes:
+    values = list(row.features)
+    n = rng.choice([0, 1, N_FEATURES - 1, N_FEATURES + 1, 2 * N_FEATURES])
+    values = (values * 2)[:n]
+    return _dumps({"features": values})
+
+
+def non_numeric(row: LabelledRow, rng: random.Random) -> bytes:
+    values: list[object] = list(row.features)
+    i = rng.randrange(N_FEATURES)
+    values[i] = rng.choice(["invalid", "high", "", "3a", None, True, [1], {"v": 1}])
+    if rng.random() < 0.5:
+        return _dumps({"patient": dict(zip(FEATURE_NAMES, values, strict=True))})
+    return _dumps({"features": values})
+
+
+def out_of_range(row: LabelledRow, rng: random.Random) -> bytes:
+    values = list(row.features)
+    i = rng.randrange(N_FEATURES)
+    f = FEATURES[i]
+    values[i] = rng.choice([f.minimum - 1, f.maximum + 1, -1000, 10 * f.maximum + 1000])
+    if rng.random() < 0.5:
+        return _dumps({"patient": dict(zip(FEATURE_NAMES, values, strict=True))})
+    return _dumps({"features": values})
+
+
+def malformed_json(row: LabelledRow, rng: random.Random) -> bytes:
+    text = _dumps({"features": list(row.features)}).decode()
+    broken = rng.choice(
+        [
+            text[: rng.randrange(1, len(text) - 1)],  # truncated mid-body
+            text.replace(",", ";", 1),  # a wrong separator
+            text.replace('"features"', "features"),  # an unquoted key
+            text + "}",  # trailing garbage
+        ]
+    )
+    return broken.encode()
+
+
+def empty_body(row: LabelledRow, rng: random.Random) -> bytes:
+    return b""
+
+
+INVALID_BUILDERS: dict[str, Callable[[LabelledRow, random.Random], bytes]] = {
+    "wrong_count": wrong_count,
+    "non_numeric": non_numeric,
+    "out_of_range": out_of_range,
+    "malformed_json": malformed_json,
+    "empty_body": empty_body,
+}
+
+
+class PayloadFactory:
+    """Builds the next request according to a mix, from rows drawn out of a RowSource."""
+
+    def __init__(self, rows: RowSource, mix: Mix, rng: random.Random) -> None:
+        self.rows = rows
+        self.mix = mix
+        self.rng = rng
+
+    def next(self) -> RequestSpec:
+        pick = self.rng.random()
+        for kind, share in self.mix.invalid.items():
+            if pick < share:
+                return RequestSpec(
+                    kind, PREDICT, INVALID_BUILDERS[kind](self.rows.draw(self.rng), self.rng)
+                )
+            pick -= share
+        if self.rng.random() < self.mix.batch_share:
+            drawn = [self.rows.draw(self.rng) for _ in range(self.mix.batch_size)]
+            objs = [_row_object(r, self.rng, self.mix.patient_share) for r in drawn]
+            return RequestSpec(
+                "batch", PREDICT_BATCH, _dumps({"rows": objs}), tuple(r.label for r in drawn)
+            )
+        row = self.rows.draw(self.rng)
+        obj = _row_object(row, self.rng, self.mix.patient_share)
+        kind = "patient" if "patient" in obj else "features"
+        return RequestSpec(kind, PREDICT, _dumps(obj), (row.label,))

@@ -1,0 +1,111 @@
+"""The final report: one dict (what `--json` writes) and its text rendering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadgen.stats import CONNECTION, OTHER, TIMEOUT, Recorder, summarize_histogram
+
+
+def build_report(
+    recorder: Recorder, *, url: str, mode: str, profile: str, elapsed: float, closed_loop: bool
+) -> dict[str, Any]:
+    errors = recorder.errors
+    accuracy = recorder.accuracy()
+    if recorder.last_finished is not None:
+        # From the first due send to the last answer: no start-up, no Prometheus waits.
+        elapsed = recorder.last_finished - recorder.start
+    return {
+        "url": url,
+        "mode": mode,
+        "profile": profile,
+        "elapsed_seconds": elapsed,
+        "sent": recorder.sent,
+        "dropped": recorder.dropped,
+        "late": recorder.late,
+        "unfinished": recorder.in_flight,
+        "responses": recorder.responses,
+        "status_classes": recorder.status_classes(),
+        "status_codes": {str(k): v for k, v in sorted(recorder.status.items())},
+        "timeouts": errors[TIMEOUT],
+        "connection_errors": errors[CONNECTION],
+        "other_errors": errors[OTHER],
+        "unexpected": recorder.unexpected,
+        "error_rate": recorder.error_rate(),
+        "target_rate": None if closed_loop else recorder.target_rate(),
+        "achieved_rate": recorder.send_rate(),
+        "throughput": recorder.responses / elapsed if elapsed > 0 else None,
+        "latency_seconds": summarize_histogram(recorder.latency),
+        "valid_latency_seconds": summarize_histogram(recorder.valid_latency),
+        "send_lag_seconds": summarize_histogram(recorder.send_lag),
+        "accuracy": {
+            "labelled_rows": recorder.labelled,
+            "correct": recorder.correct,
+            "accuracy": accuracy,
+        },
+        "kinds": {kind: dict(sorted(c.items())) for kind, c in sorted(recorder.kinds.items())},
+    }
+
+
+def _ms(seconds: float | int) -> str:
+    return f"{float(seconds) * 1000:.1f}ms"
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}/s"
+
+
+def render(report: dict[str, Any]) -> str:
+    lat = report["latency_seconds"]
+    lag = report["send_lag_seconds"]
+    classes = report["status_classes"]
+    acc = report["accuracy"]
+    closed = report["mode"] == "closed-loop"
+    # A closed loop schedules each send when the previous answer arrives: service time only.
+    origin = "from the actual send: closed loop" if closed else "from the scheduled send time"
+    lines = [
+        f"loadgen {report['mode']} run against {report['url']}: {report['profile']}",
+        f"  sent        {report['sent']} in {report['elapsed_seconds']:.2f}s"
+        f" (dropped {report['dropped']}, late {report['late']}, unfinished {report['unfinished']})",
+        f"  answers     2xx {classes['2xx']}  4xx {classes['4xx']}  5xx {classes['5xx']}"
+        f"  codes {report['status_codes']}",
+        f"  no answer   timeouts {report['timeouts']}  connection errors "
+        f"{report['connection_errors']}  other {report['other_errors']}",
+        f"  rate        target {_rate(report['target_rate'])}  achieved "
+        f"{_rate(report['achieved_rate'])}  throughput {_rate(report['throughput'])}",
+        "  latency     "
+        + "  ".join(f"{k} {_ms(lat[k])}" for k in ("p50", "p90", "p95", "p99", "p99.9", "max"))
+        + f"  (n={lat['count']}, {origin})",
+    ]
+    if not closed:
+        lines.append(
+            f"  send lag    p50 {_ms(lag['p50'])}  p99 {_ms(lag['p99'])}  max {_ms(lag['max'])}"
+            "  (how far the generator itself ran behind schedule)"
+        )
+    lines += [
+        f"  unexpected  {report['unexpected']} (error rate {report['error_rate']:.2%}:"
+        " valid not answered 200, invalid not answered 422, dropped)",
+    ]
+    if acc["accuracy"] is None:
+        lines.append("  accuracy    n/a (no labelled row answered)")
+    else:
+        lines.append(
+            f"  accuracy    {acc['accuracy']:.2%} ({acc['correct']}/{acc['labelled_rows']}"
+            " labelled rows answered)"
+        )
+    for i, (kind, counts) in enumerate(report["kinds"].items()):
+        outcomes = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "sent")
+        heading = "  by kind     " if i == 0 else " " * 14
+        lines.append(f"{heading}{kind:<15} sent {counts.get('sent', 0):>6}  {outcomes}")
+    prom = report.get("prometheus")
+    if prom is not None:
+        if "error" in prom:
+            lines.append(f"  prometheus  FAILED: {prom['error']}")
+        else:
+            verdict = "reconciled" if prom["ok"] else "MISMATCH"
+            lines.append(f"  prometheus  {verdict}: observed {prom['observed']}")
+            lines.extend(f"    {p}" for p in prom["problems"])
+    for check in report.get("slo", []):
+        verdict = "met" if check["ok"] else "MISSED"
+        lines.append(f"  slo         {check['name']} {verdict}: {check['detail']}")
+    return "\n".join(lines)
