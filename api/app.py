@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -19,7 +20,9 @@ from api.circuit import CircuitBreaker, retry_after_header
 from api.errors import error_response
 from api.guard import RequestGuard
 from api.model_client import CircuitOpen, ModelAnswer, ModelClient, ModelServerError
+from api.monitoring import FeedbackStore, ModelMonitor
 from api.observability import (
+    PREDICTION_ENDPOINTS,
     STARTED_AT,
     GatewayMetrics,
     ObservabilityMiddleware,
@@ -28,6 +31,8 @@ from api.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -102,6 +107,10 @@ def get_model_client(request: Request) -> ModelClient:
 Client = Annotated[ModelClient, Depends(get_model_client)]
 
 
+def _monitored(predictions: list[Prediction]) -> list[tuple[str, int, float]]:
+    return [(p.prediction_id, p.prediction, p.confidence) for p in predictions]
+
+
 def create_app(
     settings: Settings | None = None,
     telemetry: Telemetry | None = None,
@@ -122,6 +131,15 @@ def create_app(
         breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds),
     )
     metrics = GatewayMetrics(telemetry)
+    monitor = ModelMonitor(
+        telemetry,
+        drift_window_rows=settings.drift_window_rows,
+        feedback=FeedbackStore(
+            window=settings.feedback_window,
+            max_pending=settings.feedback_max_pending,
+            ttl_seconds=settings.feedback_ttl_seconds,
+        ),
+    )
     ready_cache: dict[str, Any] = {"at": -1e9, "value": (False, {})}
 
     @asynccontextmanager
@@ -133,7 +151,15 @@ def create_app(
             metrics_server, _ = start_http_server(
                 settings.metrics_port, addr=settings.host, registry=telemetry.registry
             )
+        monitoring = asyncio.create_task(
+            monitor.run(
+                client.reference,
+                lambda: client.last_model_version,
+                settings.drift_interval_seconds,
+            )
+        )
         yield
+        monitoring.cancel()
         if metrics_server is not None:
             metrics_server.shutdown()
         await client.aclose()
@@ -153,6 +179,7 @@ def create_app(
     app.state.telemetry = telemetry
     app.state.metrics = metrics
     app.state.model_client = client
+    app.state.monitor = monitor
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -194,9 +221,11 @@ def create_app(
         summary="Predict the risk level of one patient",
     )
     async def predict(body: PredictRequest, request: Request, client: Client) -> PredictResponse:
-        answer = await client.predict([body.row()])
+        row = body.row()
+        answer = await client.predict([row])
         (prediction,) = _predictions(answer)
         metrics.record_prediction(prediction.prediction, prediction.confidence)
+        monitor.observe([row], _monitored([prediction]))
         return PredictResponse(
             **prediction.model_dump(),
             model_version=answer.model_version,
@@ -221,15 +250,48 @@ def create_app(
                 f"rows: at most {settings.max_batch_rows} rows per call, got {len(body.rows)}",
                 [{"field": "rows", "message": f"at most {settings.max_batch_rows} rows"}],
             )
-        answer = await client.predict([row.row() for row in body.rows])
+        rows = [row.row() for row in body.rows]
+        answer = await client.predict(rows)
         predictions = _predictions(answer)
         last = predictions[-1]
         metrics.record_prediction(last.prediction, last.confidence)
+        monitor.observe(rows, _monitored(predictions))
         return BatchResponse(
             predictions=predictions,
             model_version=answer.model_version,
             trace_id=_trace_id(),
             latency_seconds=_elapsed(request),
+        )
+
+    @app.post(
+        "/feedback",
+        response_model=FeedbackResponse,
+        responses={
+            404: {"model": ErrorResponse},
+            409: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+        summary="Report the true level of an earlier prediction (online accuracy)",
+    )
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse | JSONResponse:
+        result = monitor.record_feedback(body.prediction_id, body.true_class)
+        if result == "unknown_prediction":
+            return error_response(
+                request.scope,
+                404,
+                result,
+                f"no prediction {body.prediction_id} awaiting feedback: unknown, older than "
+                f"{settings.feedback_ttl_seconds:g}s, or not among the last "
+                f"{settings.feedback_max_pending} predictions",
+            )
+        if result == "duplicate":
+            return error_response(
+                request.scope, 409, result, f"prediction {body.prediction_id} already has feedback"
+            )
+        return FeedbackResponse(
+            status="recorded",
+            prediction_id=body.prediction_id,
+            correct=monitor.feedback.last_correct,
         )
 
     @app.get("/health", summary="Liveness: the gateway process answers")
@@ -256,6 +318,7 @@ def create_app(
     # accounting, so its refusals are counted like any other failed request.
     app.add_middleware(
         RequestGuard,
+        guarded_paths=PREDICTION_ENDPOINTS | {"/feedback"},
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
         api_keys=settings.api_key_list,

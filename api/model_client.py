@@ -85,6 +85,8 @@ class ModelClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker(failure_threshold=0)
+        # The version the model server last answered with (x-model-version header).
+        self.last_model_version: str | None = None
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -171,7 +173,21 @@ class ModelClient:
             raise ModelBadResponse(f"model server returned {got} predictions for {n_rows} rows")
         rows = [_parse_row(item, index) for index, item in enumerate(predictions)]
         version = response.headers.get(MODEL_VERSION_HEADER, "unknown")
+        self.last_model_version = version
         return ModelAnswer(rows=rows, model_version=version)
+
+    async def reference(self) -> dict[str, Any] | None:
+        """The served model's drift reference (training distribution), None if unavailable."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.get("/reference")
+        except (TimeoutError, httpx.HTTPError):
+            return None
+        if response.status_code != 200:
+            return None
+        self.last_model_version = response.headers.get(MODEL_VERSION_HEADER, None)
+        reference: dict[str, Any] = response.json()
+        return reference
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Reachable and the model loaded (MLflow's /ping is 200 only with a model)."""

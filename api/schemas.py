@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     create_model,
     model_validator,
 )
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES, N_FEATURES, Feature
+from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES, LABELS, N_FEATURES, Feature
 
 _JSON_TYPE_NAMES = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
 
@@ -157,6 +158,32 @@ class BatchResponse(BaseModel):
     model_version: str
     trace_id: str
     latency_seconds: float
+
+
+class FeedbackRequest(BaseModel):
+    """The true level of an earlier prediction, once it is known."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"prediction_id": "98006c7b782a4066b62a8bf79ef7b582", "level": "Low"}]
+        },
+    )
+
+    prediction_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9a-f]+$")
+    level: Literal["Low", "Medium", "High"] | Annotated[StrictInt, Field(ge=0, le=2)] = Field(
+        description="The true level: Low / Medium / High, or 0 / 1 / 2"
+    )
+
+    @property
+    def true_class(self) -> int:
+        return self.level if isinstance(self.level, int) else LABELS.index(self.level)
+
+
+class FeedbackResponse(BaseModel):
+    status: str
+    prediction_id: str
+    correct: bool
 
 
 class ErrorResponse(BaseModel):

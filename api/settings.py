@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     api_keys: str = Field("", repr=False)
     # Serve /metrics on this separate port instead of the API port (unset: on the API port).
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    # Model monitoring: drift over the last N input rows, recomputed every few seconds off
+    # the request path; online accuracy over the last N predictions that got feedback.
+    drift_window_rows: int = Field(1000, ge=10)
+    drift_interval_seconds: float = Field(5.0, gt=0)
+    feedback_window: int = Field(1000, ge=1)
+    # Predictions awaiting feedback: at most this many, for at most this long (then 404).
+    feedback_max_pending: int = Field(100_000, ge=1)
+    feedback_ttl_seconds: float = Field(3600.0, gt=0)
     log_level: str = "info"
     graceful_shutdown_seconds: float = Field(10.0, ge=0)
 

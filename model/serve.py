@@ -12,6 +12,7 @@ It runs in-process under uvicorn, without the idle `mlflow models serve` parent 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from opentelemetry.metrics import Observation
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.features import DEFAULT_MODEL_URI
@@ -67,6 +69,22 @@ def resolve_model_info(uri: str) -> ModelInfo:
             mv = client.get_model_version(name, version)
         return ModelInfo(name=name, version=str(mv.version), run_id=mv.run_id or "", uri=uri)
     return ModelInfo(name=uri, version="unregistered", run_id="", uri=uri)
+
+
+def load_reference(info: ModelInfo) -> dict[str, Any] | None:
+    """The drift reference logged by training in the model's run (None for other models)."""
+    if not info.run_id:
+        return None
+    from mlflow.artifacts import load_dict
+
+    from model.train import REFERENCE_ARTIFACT
+
+    try:
+        reference: dict[str, Any] = load_dict(f"runs:/{info.run_id}/{REFERENCE_ARTIFACT}")
+    except Exception:  # an older model without one still serves; drift is just not measured
+        log.warning("model run %s has no drift reference", info.run_id)
+        return None
+    return reference
 
 
 def instrument_predict(pyfunc_model: Any, telemetry: Telemetry) -> None:
@@ -129,13 +147,26 @@ def create_model_server_app(
     async def model() -> dict[str, str]:
         return asdict(info)
 
+    reference = load_reference(info)
+
+    @app.get("/reference")
+    async def drift_reference() -> Response:
+        """The training rows' distribution the gateway measures drift against."""
+        if reference is None:
+            return Response('{"error": "no reference distribution"}', 404)
+        return Response(json.dumps(reference), media_type="application/json")
+
+    meter = telemetry.meter("lungwatch.model_server")
+    labels = {"model_name": info.name, "model_version": info.version, "run_id": info.run_id}
+    ins.create(meter, ins.MODEL_INFO, callbacks=[lambda _options: [Observation(1, labels)]])
+
     FastAPIInstrumentor.instrument_app(
         app,
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
         # The per-message "http receive/send" spans add cost and no insight here.
         exclude_spans=["receive", "send"],
-        excluded_urls="/ping,/health,/metrics,/version,/model",
+        excluded_urls="/ping,/health,/metrics,/version,/model,/reference",
     )
     log.info("serving %s version %s (run %s)", info.name, info.version, info.run_id)
     return app

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from model.drift import bin_counts
 from model.features import (
     FEATURE_NAMES,
     LABELS,
@@ -35,6 +36,7 @@ log = logging.getLogger("model.train")
 
 DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlruns.db'}"
 EXPERIMENT_NAME = "lungwatch-risk"
+REFERENCE_ARTIFACT = "reference_distribution.json"  # in the run that produced the model
 
 
 def tracking_uri() -> str:
@@ -136,6 +138,13 @@ def train(classifier: str = "forest", seed: int = 42, test_size: float = 0.25) -
         )
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"labels": list(LABELS), "matrix": matrix}, "confusion_matrix.json")
+        # The drift reference: how the training rows spread over each feature's bins.
+        reference = {
+            "method": "psi-over-levels",
+            "rows": len(x_train),
+            "counts": bin_counts(x_train.to_numpy().tolist()),
+        }
+        mlflow.log_dict(reference, REFERENCE_ARTIFACT)
 
         example = x_test.head(3).astype("int64")
         # Integer columns are intended: every feature is an integer level or an age.

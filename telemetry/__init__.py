@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
 # The FastAPI/httpx instrumentations read this once, at first use: the stable HTTP
 # semantic conventions give `http_server_request_duration_seconds` in seconds.
@@ -158,6 +158,9 @@ def build_telemetry(
     )
 
     registry = CollectorRegistry(auto_describe=True)
+    # process_* (RSS, CPU seconds, open fds) for the System dashboard: the SDK has no
+    # process metrics of its own. Direct scrape only; compose keeps them from that job.
+    ProcessCollector(registry=registry)
     readers: list[MetricReader] = list(metric_readers)
     if prometheus:
         readers.append(PrometheusMetricReader(registry=registry))

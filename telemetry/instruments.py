@@ -22,6 +22,10 @@ LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+# Probabilities of the winning class: never below 1/3 with three classes.
+CONFIDENCE_BUCKETS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
 class Kind(StrEnum):
     COUNTER = "counter"
     HISTOGRAM = "histogram"
@@ -89,6 +93,53 @@ SYSTEM_RAM = InstrumentSpec(
     "Machine RAM usage in percent", contract=True,
 )  # fmt: skip
 
+# --- model monitoring (gateway) ----------------------------------------------------------
+PREDICTIONS_BY_CLASS = InstrumentSpec(
+    "model_predictions_total", Kind.COUNTER, "",
+    "Rows predicted, by predicted class (Low, Medium, High): exact shares over any window",
+    attributes=("class",),
+)  # fmt: skip
+CONFIDENCE = InstrumentSpec(
+    "model_prediction_confidence", Kind.HISTOGRAM, "",
+    "Confidence (highest class probability) of each predicted row, by predicted class",
+    buckets=CONFIDENCE_BUCKETS, attributes=("class",),
+)  # fmt: skip
+FEATURE_DRIFT = InstrumentSpec(
+    "model_feature_drift_psi", Kind.OBSERVABLE_GAUGE, "",
+    "Population stability index of each feature: recent inputs vs the training rows",
+    attributes=("feature",),
+)  # fmt: skip
+DRIFT_SCORE = InstrumentSpec(
+    "model_drift_score", Kind.OBSERVABLE_GAUGE, "",
+    "Overall drift: the largest per-feature PSI (over 0.25 is a significant shift)",
+)  # fmt: skip
+DRIFTED_FEATURES = InstrumentSpec(
+    "model_drifted_features", Kind.OBSERVABLE_GAUGE, "",
+    "Features whose PSI is over the drift threshold",
+)  # fmt: skip
+DRIFT_WINDOW = InstrumentSpec(
+    "model_drift_window_rows", Kind.OBSERVABLE_GAUGE, "",
+    "Recent input rows the drift scores are computed from",
+)  # fmt: skip
+FEEDBACK = InstrumentSpec(
+    "model_feedback_total", Kind.COUNTER, "",
+    "Ground-truth feedback received, by result (accepted, unknown_prediction, duplicate)",
+    attributes=("result",),
+)  # fmt: skip
+ONLINE_ACCURACY = InstrumentSpec(
+    "model_online_accuracy", Kind.OBSERVABLE_GAUGE, "",
+    "Accuracy over the sliding window of predictions that received feedback",
+)  # fmt: skip
+ONLINE_RECALL = InstrumentSpec(
+    "model_online_recall", Kind.OBSERVABLE_GAUGE, "",
+    "Recall per true class over the feedback window",
+    attributes=("class",),
+)  # fmt: skip
+FEEDBACK_WINDOW = InstrumentSpec(
+    "model_feedback_window_rows", Kind.OBSERVABLE_GAUGE, "",
+    "Predictions with feedback in the online-accuracy window",
+)  # fmt: skip
+
 # --- the model server ------------------------------------------------------------------
 MODEL_INFERENCE = InstrumentSpec(
     "model_inference_seconds", Kind.HISTOGRAM, "s",
@@ -105,8 +156,18 @@ GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     FAILED_REQUESTS, RESPONSE_LATENCY, ENDPOINT_REQUEST_TIME, MEMORY_PER_REQUEST,
     SYSTEM_CPU, SYSTEM_RAM,
 )  # fmt: skip
-MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (MODEL_INFERENCE, MODEL_ROWS)
-ALL_INSTRUMENTS = GATEWAY_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
+MODEL_INFO = InstrumentSpec(
+    "model_info", Kind.OBSERVABLE_GAUGE, "",
+    "1 for the model this server serves; its name, version and MLflow run id as labels",
+    attributes=("model_name", "model_version", "run_id"),
+)  # fmt: skip
+
+MONITORING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    PREDICTIONS_BY_CLASS, CONFIDENCE, FEATURE_DRIFT, DRIFT_SCORE, DRIFTED_FEATURES,
+    DRIFT_WINDOW, FEEDBACK, ONLINE_ACCURACY, ONLINE_RECALL, FEEDBACK_WINDOW,
+)  # fmt: skip
+MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (MODEL_INFERENCE, MODEL_ROWS, MODEL_INFO)
+ALL_INSTRUMENTS = GATEWAY_INSTRUMENTS + MONITORING_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
 CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.contract)
 
 

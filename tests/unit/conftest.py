@@ -13,6 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from api.app import create_app
 from api.model_client import ModelAnswer, ModelServerError, RowPrediction
 from api.settings import Settings
+from model.drift import bin_counts
+from model.features import FEATURE_NAMES, load_dataset
 from telemetry import Telemetry, build_telemetry
 
 
@@ -23,6 +25,7 @@ class ScriptedModelClient:
     probabilities: tuple[float, float, float] = (0.7, 0.2, 0.1)
     error: ModelServerError | None = None
     calls: list[list[list[int]]] = field(default_factory=list)
+    last_model_version: str | None = "7"
 
     async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
         self.calls.append([list(r) for r in rows])
@@ -32,6 +35,10 @@ class ScriptedModelClient:
         best = max(range(3), key=lambda i: p[i])
         label = ("Low", "Medium", "High")[best]
         return ModelAnswer([RowPrediction(best, label, p) for _ in rows], model_version="7")
+
+    async def reference(self) -> dict[str, object]:
+        frame = load_dataset()
+        return {"counts": bin_counts(frame[list(FEATURE_NAMES)].to_numpy().tolist())}
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
         return (self.error is None), {}
@@ -55,7 +62,8 @@ def gateway() -> Iterator[App]:
     reader = InMemoryMetricReader()
     telemetry = build_telemetry("lungwatch-gateway", span_exporter=spans, metric_readers=[reader])
     model = ScriptedModelClient()
-    app = create_app(Settings(max_batch_rows=5), telemetry=telemetry, model_client=model)  # type: ignore[arg-type]
+    settings = Settings(max_batch_rows=5, drift_interval_seconds=0.05)
+    app = create_app(settings, telemetry=telemetry, model_client=model)  # type: ignore[arg-type]
     with TestClient(app) as client:
         yield App(client, model, telemetry, spans, reader)
     telemetry.shutdown()

@@ -31,9 +31,10 @@ def test_the_contract_lists_exactly_the_ten_seed_names() -> None:
 
 def test_units_and_buckets_are_in_seconds() -> None:
     for spec in ins.ALL_INSTRUMENTS:
-        if spec.kind is ins.Kind.HISTOGRAM:
-            assert spec.unit == "s" and spec.name.endswith("_seconds")
+        if spec.kind is ins.Kind.HISTOGRAM and spec.name.endswith("_seconds"):
+            assert spec.unit == "s"
             assert spec.buckets and max(spec.buckets) <= 60 and min(spec.buckets) >= 0.001
+    assert ins.CONFIDENCE.buckets and max(ins.CONFIDENCE.buckets) == 1.0
     assert ins.MEMORY_PER_REQUEST.unit == "By"
     assert ins.SYSTEM_CPU.unit == ins.SYSTEM_RAM.unit == ""  # "%" would add _percent
 

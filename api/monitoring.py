@@ -1,0 +1,216 @@
+"""What the model predicts and how well: class counts, confidence, input drift, online accuracy.
+
+The request path only appends to bounded structures (O(1) per row); drift is computed by a
+background task every few seconds, off the request path; gauges read precomputed values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from model.drift import DRIFT_THRESHOLD, psi_by_feature
+from model.features import FEATURE_NAMES, LABELS
+from telemetry import Telemetry
+from telemetry import instruments as ins
+
+log = logging.getLogger("lungwatch.monitoring")
+
+
+class FeedbackStore:
+    """Predictions awaiting their true outcome, and the accuracy over the last `window`.
+
+    Pending ids are bounded by count and age (oldest evicted first); the outcome window is a
+    fixed-size ring with running totals, so memory stays constant under any feedback stream.
+    """
+
+    def __init__(
+        self,
+        window: int = 1000,
+        max_pending: int = 10_000,
+        ttl_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.max_pending = max_pending
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._pending: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._outcomes: deque[tuple[int, int]] = deque()
+        self.correct = 0
+        self.by_class_total = [0, 0, 0]  # per true class
+        self.by_class_correct = [0, 0, 0]
+        self.last_correct = False
+
+    def remember(self, prediction_id: str, predicted: int) -> None:
+        now = self._clock()
+        self._pending[prediction_id] = (predicted, now)
+        self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        while self._pending:
+            oldest_id, (_, created) = next(iter(self._pending.items()))
+            if len(self._pending) <= self.max_pending and now - created <= self.ttl_seconds:
+                break
+            del self._pending[oldest_id]
+
+    def record(self, prediction_id: str, true_class: int) -> str:
+        """`accepted`, `duplicate` (feedback already given) or `unknown_prediction`."""
+        now = self._clock()
+        self._evict(now)
+        entry = self._pending.pop(prediction_id, None)
+        if entry is None:
+            return "duplicate" if prediction_id in self._answered else "unknown_prediction"
+        self._answered[prediction_id] = None
+        while len(self._answered) > self.max_pending:
+            self._answered.popitem(last=False)
+        predicted = entry[0]
+        self.last_correct = predicted == true_class
+        self._outcomes.append((predicted, true_class))
+        self._count(predicted, true_class, +1)
+        if len(self._outcomes) > self.window:
+            self._count(*self._outcomes.popleft(), -1)
+        return "accepted"
+
+    def _count(self, predicted: int, true_class: int, sign: int) -> None:
+        hit = int(predicted == true_class)
+        self.correct += sign * hit
+        self.by_class_total[true_class] += sign
+        self.by_class_correct[true_class] += sign * hit
+
+    @property
+    def size(self) -> int:
+        return len(self._outcomes)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def accuracy(self) -> float | None:
+        return self.correct / self.size if self.size else None
+
+    def recall(self, true_class: int) -> float | None:
+        total = self.by_class_total[true_class]
+        return self.by_class_correct[true_class] / total if total else None
+
+
+class DriftWindow:
+    """The last `size` input rows and the PSI of each feature against the reference."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.rows: deque[tuple[int, ...]] = deque(maxlen=size)
+        self.reference: dict[str, list[int]] | None = None
+        self.reference_version: str | None = None
+        self.scores: dict[str, float] = {}
+
+    def add(self, rows: Iterable[Sequence[int]]) -> None:
+        self.rows.extend(tuple(row) for row in rows)
+
+    def compute(self) -> None:
+        if self.reference is None or not self.rows:
+            return
+        snapshot = list(self.rows)
+        self.scores = psi_by_feature(self.reference, snapshot)
+
+    @property
+    def score(self) -> float | None:
+        return max(self.scores.values()) if self.scores else None
+
+
+class ModelMonitor:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        *,
+        drift_window_rows: int = 1000,
+        feedback: FeedbackStore | None = None,
+    ) -> None:
+        meter = telemetry.meter("lungwatch.gateway")
+        self.drift = DriftWindow(drift_window_rows)
+        self.feedback = feedback or FeedbackStore()
+        self._by_class = ins.create(meter, ins.PREDICTIONS_BY_CLASS)
+        self._confidence = ins.create(meter, ins.CONFIDENCE)
+        self._feedback_results = ins.create(meter, ins.FEEDBACK)
+        ins.create(meter, ins.FEATURE_DRIFT, callbacks=[self._observe_feature_drift])
+        ins.create(meter, ins.DRIFT_SCORE, callbacks=[self._observe_drift_score])
+        ins.create(meter, ins.DRIFTED_FEATURES, callbacks=[self._observe_drifted])
+        ins.create(meter, ins.DRIFT_WINDOW, callbacks=[self._observe_window])
+        ins.create(meter, ins.ONLINE_ACCURACY, callbacks=[self._observe_accuracy])
+        ins.create(meter, ins.ONLINE_RECALL, callbacks=[self._observe_recall])
+        ins.create(meter, ins.FEEDBACK_WINDOW, callbacks=[self._observe_feedback_window])
+
+    # --- request path: O(1) per row ---------------------------------------------------
+    def observe(
+        self, rows: Sequence[Sequence[int]], predictions: Sequence[tuple[str, int, float]]
+    ) -> None:
+        """rows and their (prediction_id, class, confidence), after a successful answer."""
+        self.drift.add(rows)
+        for prediction_id, predicted, confidence in predictions:
+            attributes = {"class": LABELS[predicted]}
+            self._by_class.add(1, attributes)
+            self._confidence.record(confidence, attributes)
+            self.feedback.remember(prediction_id, predicted)
+
+    def record_feedback(self, prediction_id: str, true_class: int) -> str:
+        result = self.feedback.record(prediction_id, true_class)
+        self._feedback_results.add(1, {"result": result})
+        return result
+
+    # --- off the request path -----------------------------------------------------------
+    async def run(self, fetch_reference: Any, current_version: Callable[[], str | None],
+                  interval: float) -> None:  # fmt: skip
+        """Every `interval`: (re)load the reference when the served version changes, then
+        recompute drift in a worker thread."""
+        while True:
+            with contextlib.suppress(Exception):  # a failed round is retried next interval
+                version = current_version()
+                if self.drift.reference is None or version != self.drift.reference_version:
+                    reference = await fetch_reference()
+                    if reference is not None:
+                        self.drift.reference = reference["counts"]
+                        self.drift.reference_version = version
+                        log.info("drift reference loaded", extra={"model_version": version})
+                await asyncio.to_thread(self.drift.compute)
+            await asyncio.sleep(interval)
+
+    # --- metric callbacks (collection time) -------------------------------------------
+    def _observe_feature_drift(self, options: CallbackOptions) -> Iterable[Observation]:
+        scores = self.drift.scores
+        return [
+            Observation(scores[name], {"feature": name}) for name in FEATURE_NAMES if name in scores
+        ]
+
+    def _observe_drift_score(self, options: CallbackOptions) -> Iterable[Observation]:
+        score = self.drift.score
+        return [] if score is None else [Observation(score)]
+
+    def _observe_drifted(self, options: CallbackOptions) -> Iterable[Observation]:
+        if not self.drift.scores:
+            return []
+        return [Observation(sum(s > DRIFT_THRESHOLD for s in self.drift.scores.values()))]
+
+    def _observe_window(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(len(self.drift.rows))]
+
+    def _observe_accuracy(self, options: CallbackOptions) -> Iterable[Observation]:
+        accuracy = self.feedback.accuracy()
+        return [] if accuracy is None else [Observation(accuracy)]
+
+    def _observe_recall(self, options: CallbackOptions) -> Iterable[Observation]:
+        observations = []
+        for index, label in enumerate(LABELS):
+            recall = self.feedback.recall(index)
+            if recall is not None:
+                observations.append(Observation(recall, {"class": label}))
+        return observations
+
+    def _observe_feedback_window(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.feedback.size)]
