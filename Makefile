@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean load venv
+.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down
 
 # The venv is rebuilt whenever the lock file changes; uv installs exactly what it pins.
 $(STAMP): requirements.lock pyproject.toml
@@ -36,6 +36,13 @@ run: $(STAMP)
 load: $(STAMP)
 	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
 
+# The full stack in containers (needs Docker + Compose v2): build, wait until healthy, print URLs.
+stack:
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
 # Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
 prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
@@ -55,7 +62,7 @@ test: $(STAMP) prometheus lint
 	$(PY) -m pytest
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/config
 
 integration: $(STAMP) prometheus
 	$(PY) -m pytest tests/integration

@@ -1,0 +1,36 @@
+# Lungwatch model server image (instrumented MLflow scoring app, `python -m model.serve`, :8080).
+# The model is trained while the image is built, from the dataset in the repository, so the
+# image carries its own registry (sqlite + artifacts under /app/mlruns) and never depends on
+# a model registry that may not exist where it runs. Build context: the repository root.
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
+
+COPY model/ model/
+COPY telemetry/ telemetry/
+COPY data/ data/
+
+# MLflow's sqlite store keeps artifacts under ./mlruns of the working directory (/app).
+# Telemetry export is off while training: no Collector exists at build time.
+ENV MLFLOW_TRACKING_URI=sqlite:////app/mlruns/mlruns.db
+RUN mkdir -p /app/mlruns \
+ && OTEL_TRACES_EXPORTER=none OTEL_METRICS_EXPORTER=none python -m model.train --if-missing
+
+# MLflow opens the sqlite store read-write (schema check), so the runtime user owns it.
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lungwatch \
+ && chown -R 10001:10001 /app/mlruns
+USER 10001:10001
+
+ENV LUNGWATCH_MODEL_HOST=0.0.0.0 \
+    LUNGWATCH_MODEL_PORT=8080 \
+    LUNGWATCH_MODEL_URI=models:/lungwatch-risk@champion
+EXPOSE 8080
+CMD ["python", "-m", "model.serve"]

@@ -1,0 +1,383 @@
+"""The observability stack against real processes: dashboards, rules and alert delivery.
+
+1. Every PromQL query of every Grafana dashboard and every rule runs against a real
+   Prometheus that scrapes the real gateway and model server (with the repo's rule files
+   loaded) after real traffic, and returns data; a dashboard naming a metric nobody emits
+   fails. Alert expressions are meant to be empty while all is well: they only have to run.
+2. Real Prometheus + real Alertmanager (Debian's prometheus-alertmanager) + a webhook
+   receiver in this test: stopping the model server delivers ModelServerDown to the webhook
+   (rules copied with short `for:`), its symptoms are inhibited, and it resolves after restart.
+Scrape and evaluation intervals are 1 s so both finish in well under a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from model.features import EXAMPLE_FEATURES
+from tests.config import stack_files
+from tests.integration.conftest import Spawn, Stack
+from tests.support import procs
+
+RULE_FILES = stack_files.rule_files()
+# What Grafana would send: $__rate_interval is at least 4 scrape intervals (1 s here).
+RATE_INTERVAL = "15s"
+INTERVAL = "5s"
+
+
+def hostport(process: procs.ManagedProcess) -> str:
+    return process.url.removeprefix("http://")
+
+
+def scrape_jobs(
+    gateway: procs.ManagedProcess, model_server: procs.ManagedProcess
+) -> dict[str, list[str]]:
+    # Job names are the OTel service names, as in prometheus.yml and the Collector's job label.
+    return {
+        "lungwatch-gateway": [hostport(gateway)],
+        "lungwatch-model-server": [hostport(model_server)],
+    }
+
+
+def send_traffic(gateway_url: str, singles: int = 30, batches: int = 5, invalid: int = 5) -> None:
+    """Valid single and batch predictions plus rejected input (reason="invalid_request")."""
+    row = {"features": list(EXAMPLE_FEATURES)}
+    with httpx.Client(base_url=gateway_url, timeout=10) as client:
+        for _ in range(singles):
+            assert client.post("/predict", json=row).status_code == 200
+        for _ in range(batches):
+            assert client.post("/predict/batch", json={"rows": [row] * 3}).status_code == 200
+        for _ in range(invalid):
+            assert client.post("/predict", json={"features": [1, 2, 3]}).status_code == 422
+
+
+def wait_for_fresh_scrape(prom_url: str, timeout: float = 20.0) -> None:
+    since = time.time()
+    procs.wait_until(
+        lambda: all(
+            procs.scraped_since(prom_url, job, since)
+            for job in ("lungwatch-gateway", "lungwatch-model-server")
+        ),
+        timeout,
+        "a scrape of the gateway and the model server by the test's Prometheus",
+    )
+
+
+def only_alerts_series(expr: str) -> bool:
+    """ALERTS has series only while some alert is pending or firing."""
+    return stack_files.metric_names(expr) == {"ALERTS"}
+
+
+def test_every_dashboard_and_rule_query_returns_data(
+    stack: Stack, spawn: Spawn, tmp_path: Path
+) -> None:
+    prometheus = spawn(
+        procs.prometheus(
+            tmp_path / "prometheus",
+            scrape_jobs(stack.gateway, stack.model_server),
+            rule_files=RULE_FILES,
+        )
+    )
+    # A counter series first seen at N has not increased yet as far as rate() can tell: a
+    # first round creates every series, the second is the traffic the rates measure.
+    send_traffic(stack.gateway_url, singles=2, batches=1, invalid=1)
+    for _ in range(2):
+        wait_for_fresh_scrape(prometheus.url)
+    send_traffic(stack.gateway_url)
+    for _ in range(3):
+        wait_for_fresh_scrape(prometheus.url)
+    # Recording rules run every second; wait until the latency SLI has seen the traffic.
+    procs.wait_until(
+        lambda: procs.prom_query(prometheus.url, "lungwatch:slo_latency_slow:ratio_rate5m >= 0"),
+        20,
+        "the latency recording rule to evaluate over the traffic",
+    )
+
+    names = httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10).json()
+    emitted = set(names["data"])
+    failures: list[str] = []
+
+    queries = [
+        q
+        for _, dashboard in stack_files.dashboards()
+        for q in stack_files.panel_queries(dashboard)
+        if q.datasource_uid == "prometheus"
+    ]
+    assert len(queries) > 30, "the dashboards lost their queries"
+    for query in queries:
+        expr = stack_files.substitute_grafana_variables(query.expr, RATE_INTERVAL, INTERVAL)
+        unknown = stack_files.metric_names(expr) - emitted - {"ALERTS"}
+        if unknown:
+            failures.append(f"{query}: names metrics nobody emits: {sorted(unknown)}")
+            continue
+        try:
+            result = procs.prom_query(prometheus.url, expr)
+        except AssertionError as exc:
+            failures.append(f"{query}: {exc}")
+            continue
+        if not result and not only_alerts_series(expr):
+            failures.append(f"{query}: no data for {expr}")
+
+    for rule in stack_files.rules():
+        unknown = stack_files.metric_names(rule.expr) - emitted - {"ALERTS"}
+        if unknown:
+            failures.append(f"rule {rule.name}: names metrics nobody emits: {sorted(unknown)}")
+            continue
+        try:
+            result = procs.prom_query(prometheus.url, rule.expr)
+        except AssertionError as exc:
+            failures.append(f"rule {rule.name}: {exc}")
+            continue
+        if not rule.is_alert and not result:
+            failures.append(f"recording rule {rule.name}: no data")
+
+    assert not failures, "\n".join(failures)
+
+
+# --- alert delivery ----------------------------------------------------------------------
+class WebhookSink:
+    """An HTTP server that records every Alertmanager webhook payload it receives."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with sink._lock:
+                    sink.payloads.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", procs.free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def notifications(self, alertname: str, status: str) -> list[dict[str, Any]]:
+        """(receiver, alert) pairs for one alert name in one status."""
+        with self._lock:
+            payloads = list(self.payloads)
+        return [
+            {"receiver": p["receiver"], **alert}
+            for p in payloads
+            for alert in p["alerts"]
+            if alert["labels"].get("alertname") == alertname and alert["status"] == status
+        ]
+
+
+def alertmanager_config(tmp_path: Path, webhook_url: str) -> Path:
+    """The repo's template rendered by its own script, with test-speed grouping timers."""
+    rendered = tmp_path / "alertmanager.yml"
+    done = subprocess.run(
+        [
+            "sh",
+            str(stack_files.ALERTMANAGER_DIR / "render-config.sh"),
+            str(stack_files.ALERTMANAGER_DIR / "alertmanager.yml.tmpl"),
+            str(rendered),
+        ],
+        env=procs.base_env(ALERTMANAGER_WEBHOOK_URL=webhook_url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(rendered.read_text())
+    for route in [config["route"], *config["route"].get("routes", [])]:
+        route.update(group_wait="1s", group_interval="1s")
+    rendered.write_text(yaml.safe_dump(config))
+    return rendered
+
+
+CAUSES = {"ModelServerDown", "GatewayDown"}
+
+
+def rules_with_short_for(tmp_path: Path) -> list[Path]:
+    """Copies of the rule files with test-speed `for:`: causes 1 s, everything else 8 s.
+
+    The order matters as it does in production (ModelServerDown 1m < ErrorRateSpike 5m):
+    inhibition only holds back a symptom while its cause is already active in Alertmanager.
+    """
+    out = []
+    for path in RULE_FILES:
+        data = yaml.safe_load(path.read_text())
+        for group in data["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule and "for" in rule:
+                    rule["for"] = "1s" if rule["alert"] in CAUSES else "8s"
+        copy = tmp_path / "rules" / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(yaml.safe_dump(data, sort_keys=False))
+        out.append(copy)
+    return out
+
+
+class Traffic:
+    """Prediction requests in the background, answered or not, until stopped."""
+
+    def __init__(self, gateway_url: str) -> None:
+        self.gateway_url = gateway_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        row = {"features": list(EXAMPLE_FEATURES)}
+        with httpx.Client(base_url=self.gateway_url, timeout=5) as client:
+            while not self._stop.is_set():
+                # While the model server is down the gateway answers 503 or times out.
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post("/predict", json=row)
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookSink]:
+    with WebhookSink() as sink:
+        yield sink
+
+
+def rfc3339_seconds(stamp: str) -> float:
+    """Alertmanager's timestamps carry nanoseconds; datetime takes microseconds at most."""
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", stamp).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def am_alerts(am_url: str, alertname: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{am_url}/api/v2/alerts", params={"filter": f'alertname="{alertname}"'}, timeout=5
+    )
+    response.raise_for_status()
+    alerts: list[dict[str, Any]] = response.json()
+    return alerts
+
+
+def test_model_server_down_pages_once_and_resolves(
+    trained_model: procs.TrainedModel, spawn: Spawn, webhook: WebhookSink, tmp_path: Path
+) -> None:
+    binary = procs.require_binary("prometheus-alertmanager", "alertmanager")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    am_port = procs.free_port()
+    alertmanager = spawn(
+        procs.ManagedProcess(
+            "alertmanager",
+            [
+                binary,
+                f"--config.file={alertmanager_config(tmp_path, webhook.url)}",
+                f"--storage.path={tmp_path / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",  # one instance: no gossip port to bind
+            ],
+            env=procs.base_env(),
+            log_dir=logs,
+            ready_url=f"http://127.0.0.1:{am_port}/-/ready",
+            url=f"http://127.0.0.1:{am_port}",
+        )
+    )
+    # A model server and gateway of this test's own: the session's stack must keep running.
+    model_port = procs.free_port()
+    model_server = spawn(procs.model_server(trained_model, logs, port=model_port))
+    gateway = spawn(procs.gateway(model_server.url, logs))
+    prometheus = spawn(
+        procs.prometheus(
+            tmp_path / "prometheus",
+            scrape_jobs(gateway, model_server),
+            rule_files=rules_with_short_for(tmp_path),
+            alertmanager_url=alertmanager.url,
+        )
+    )
+    procs.wait_until(
+        lambda: procs.prom_query(prometheus.url, 'up{job="lungwatch-model-server"} == 1'),
+        20,
+        "Prometheus to see the model server up",
+    )
+    send_traffic(gateway.url, singles=20, batches=0, invalid=0)
+
+    # Before the first scrape absent(up{...}) is true for a moment: only an alert that
+    # started after the stop counts, and only that alert's resolution.
+    stopped_at = time.time()
+    with Traffic(gateway.url):
+        model_server.stop()
+        firing = procs.wait_until(
+            lambda: [
+                a
+                for a in webhook.notifications("ModelServerDown", "firing")
+                if rfc3339_seconds(a["startsAt"]) >= stopped_at - 1
+            ],
+            60,
+            "ModelServerDown to reach the webhook",
+        )
+        assert firing[0]["receiver"] == "page"
+        assert firing[0]["labels"]["severity"] == "page"
+        assert firing[0]["annotations"]["runbook_url"].endswith("#modelserverdown")
+
+        # The failing requests make ErrorRateSpike fire in Prometheus; Alertmanager holds it
+        # back because ModelServerDown, its cause, is active.
+        procs.wait_until(
+            lambda: procs.prom_query(
+                prometheus.url, 'ALERTS{alertname="ErrorRateSpike", alertstate="firing"}'
+            ),
+            60,
+            "ErrorRateSpike to fire in Prometheus while predictions fail",
+        )
+        suppressed = procs.wait_until(
+            lambda: [
+                a
+                for a in am_alerts(alertmanager.url, "ErrorRateSpike")
+                if a["status"]["inhibitedBy"]
+            ],
+            30,
+            "Alertmanager to inhibit ErrorRateSpike",
+        )
+        assert suppressed[0]["status"]["state"] == "suppressed"
+        time.sleep(3)  # past group_wait (1 s): a non-inhibited alert would have been sent
+        assert not webhook.notifications("ErrorRateSpike", "firing")
+
+        # The same port again, so the scrape target comes back.
+        spawn(procs.model_server(trained_model, logs, port=model_port))
+        resolved = procs.wait_until(
+            lambda: [
+                a
+                for a in webhook.notifications("ModelServerDown", "resolved")
+                if a["fingerprint"] == firing[0]["fingerprint"]
+                and a["startsAt"] == firing[0]["startsAt"]
+            ],
+            60,
+            "ModelServerDown to resolve after the model server came back",
+        )
+    assert resolved[0]["receiver"] == "page"
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", firing[0]["labels"]["instance"])
