@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 from starlette.exceptions import HTTPException
 
+from api.batching import MicroBatcher
 from api.circuit import CircuitBreaker, retry_after_header
 from api.errors import error_response
 from api.guard import RequestGuard
@@ -131,6 +132,14 @@ def create_app(
         breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds),
     )
     metrics = GatewayMetrics(telemetry)
+    batcher = MicroBatcher(
+        client,
+        telemetry,
+        enabled=settings.batching,
+        max_batch=settings.max_batch,
+        max_wait_seconds=settings.batch_wait_ms / 1000,
+        max_concurrency=settings.batch_max_concurrency,
+    )
     monitor = ModelMonitor(
         telemetry,
         drift_window_rows=settings.drift_window_rows,
@@ -180,6 +189,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.model_client = client
     app.state.monitor = monitor
+    app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -220,9 +230,9 @@ def create_app(
         responses=ERROR_RESPONSES,
         summary="Predict the risk level of one patient",
     )
-    async def predict(body: PredictRequest, request: Request, client: Client) -> PredictResponse:
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
         row = body.row()
-        answer = await client.predict([row])
+        answer = await batcher.predict([row])
         (prediction,) = _predictions(answer)
         metrics.record_prediction(prediction.prediction, prediction.confidence)
         monitor.observe([row], _monitored([prediction]))
@@ -239,9 +249,7 @@ def create_app(
         responses=ERROR_RESPONSES,
         summary=f"Predict several patients in one call (at most {settings.max_batch_rows} rows)",
     )
-    async def predict_batch(
-        body: BatchRequest, request: Request, client: Client
-    ) -> BatchResponse | JSONResponse:
+    async def predict_batch(body: BatchRequest, request: Request) -> BatchResponse | JSONResponse:
         if len(body.rows) > settings.max_batch_rows:
             return error_response(
                 request.scope,
@@ -251,7 +259,7 @@ def create_app(
                 [{"field": "rows", "message": f"at most {settings.max_batch_rows} rows"}],
             )
         rows = [row.row() for row in body.rows]
-        answer = await client.predict(rows)
+        answer = await batcher.predict(rows)
         predictions = _predictions(answer)
         last = predictions[-1]
         metrics.record_prediction(last.prediction, last.confidence)

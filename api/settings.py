@@ -38,6 +38,14 @@ class Settings(BaseSettings):
     api_keys: str = Field("", repr=False)
     # Serve /metrics on this separate port instead of the API port (unset: on the API port).
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    # Micro-batching (api/batching.py): concurrent predictions share model-server calls of
+    # up to `max_batch` rows. A request is sent at once while fewer than
+    # `batch_max_concurrency` calls are in flight; otherwise it waits for a free slot, a
+    # full batch, or `batch_wait_ms`, whichever comes first.
+    batching: bool = True
+    max_batch: int = Field(32, ge=1, le=1024)
+    batch_wait_ms: float = Field(20.0, ge=0)
+    batch_max_concurrency: int = Field(2, ge=1)
     # Model monitoring: drift over the last N input rows, recomputed every few seconds off
     # the request path; online accuracy over the last N predictions that got feedback.
     drift_window_rows: int = Field(1000, ge=10)

@@ -11,9 +11,13 @@ It runs in-process under uvicorn, without the idle `mlflow models serve` parent 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from opentelemetry.metrics import Observation
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.features import DEFAULT_MODEL_URI
@@ -44,6 +49,10 @@ class ModelServerSettings(BaseSettings):
     log_level: str = "info"  # LUNGWATCH_MODEL_LOG_LEVEL
     # Seconds uvicorn waits for in-flight requests after SIGTERM before closing them.
     graceful_shutdown_seconds: float = 10.0
+    # Worker processes sharing the port (LUNGWATCH_MODEL_WORKERS). With more than one,
+    # worker i also serves its own /metrics on metrics_port + i (scrape each one).
+    workers: int = Field(1, ge=1, le=64)
+    metrics_port: int = Field(9180, ge=1, le=65535)  # LUNGWATCH_MODEL_METRICS_PORT
 
 
 @dataclass(frozen=True)
@@ -172,15 +181,20 @@ def create_model_server_app(
     return app
 
 
-def run_uvicorn(app: Any, host: str, port: int, graceful_shutdown_seconds: float) -> None:
+def run_uvicorn(
+    app: Any,
+    host: str,
+    port: int,
+    graceful_shutdown_seconds: float,
+    sock: socket.socket | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT, finish in-flight requests, then return (exit code 0).
 
     uvicorn handles the signal gracefully, then re-raises it with the handler that was
     installed before it started, so the process would die "by SIGTERM" (exit -15); this
-    handler turns that into a normal exit once the graceful shutdown is done.
+    handler turns that into a normal exit once the graceful shutdown is done. `sock` is a
+    listening socket shared by several worker processes.
     """
-    import signal
-
     import uvicorn
 
     def exit_cleanly(signum: int, frame: Any) -> None:
@@ -188,7 +202,7 @@ def run_uvicorn(app: Any, host: str, port: int, graceful_shutdown_seconds: float
 
     signal.signal(signal.SIGTERM, exit_cleanly)
     signal.signal(signal.SIGINT, exit_cleanly)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -196,6 +210,87 @@ def run_uvicorn(app: Any, host: str, port: int, graceful_shutdown_seconds: float
         access_log=False,
         timeout_graceful_shutdown=int(graceful_shutdown_seconds),
     )
+    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
+
+
+def serve_one(settings: ModelServerSettings, pyfunc_model: Any = None, worker: int | None = None,
+              sock: socket.socket | None = None) -> None:  # fmt: skip
+    """One serving process. Telemetry is built here, after any fork: the SDK's export
+    threads and its Prometheus registry are per process."""
+    telemetry = build_telemetry(SERVICE_NAME)
+    try:
+        app = create_model_server_app(settings.uri, telemetry, pyfunc_model=pyfunc_model)
+        if worker is not None:
+            # A scrape of the shared port reaches a random worker; each worker's own
+            # numbers are on a port of its own, which Prometheus scrapes one by one.
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port + worker, settings.host, telemetry.registry)
+        run_uvicorn(app, settings.host, settings.port, settings.graceful_shutdown_seconds, sock)
+    finally:
+        telemetry.shutdown()
+
+
+def serve_workers(settings: ModelServerSettings) -> int:
+    """Load the model once, then fork `workers` processes that share one listening socket
+    (copy-on-write keeps the model's pages shared). SIGTERM is passed on to every worker; a
+    worker that dies is replaced."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from model.train import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    pyfunc_model = mlflow.pyfunc.load_model(settings.uri)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+
+    def spawn(worker: int) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                serve_one(settings, pyfunc_model, worker, sock)
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+            except BaseException:
+                log.exception("model server worker %d failed", worker)
+                code = 1
+            os._exit(code)
+        return pid
+
+    children = {spawn(worker): worker for worker in range(settings.workers)}
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("model server: %d workers on %s:%d", settings.workers, settings.host, settings.port)
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        worker = children.pop(pid, None)
+        if worker is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed = failed or code != 0
+        else:
+            log.warning("model server worker %d exited (%d); starting a new one", worker, code)
+            children[spawn(worker)] = worker
+    return 1 if failed else 0
 
 
 def main() -> int:
@@ -203,12 +298,9 @@ def main() -> int:
 
     settings = ModelServerSettings()
     configure_logging(settings.log_level)
-    telemetry = build_telemetry(SERVICE_NAME)
-    try:
-        app = create_model_server_app(settings.uri, telemetry)
-        run_uvicorn(app, settings.host, settings.port, settings.graceful_shutdown_seconds)
-    finally:
-        telemetry.shutdown()
+    if settings.workers > 1:
+        return serve_workers(settings)
+    serve_one(settings)
     return 0
 
 

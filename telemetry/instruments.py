@@ -26,6 +26,13 @@ LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
 CONFIDENCE_BUCKETS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
+# Rows per model-server call under micro-batching, and the time a request waits to join one.
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+
 class Kind(StrEnum):
     COUNTER = "counter"
     HISTOGRAM = "histogram"
@@ -91,6 +98,31 @@ SYSTEM_CPU = InstrumentSpec(
 SYSTEM_RAM = InstrumentSpec(
     "system_ram_usage", Kind.OBSERVABLE_GAUGE, "",
     "Machine RAM usage in percent", contract=True,
+)  # fmt: skip
+
+# --- micro-batching (gateway) ------------------------------------------------------------
+BATCH_SIZE = InstrumentSpec(
+    "gateway_batch_size_rows", Kind.HISTOGRAM, "",
+    "Rows in each model-server call the batcher released",
+    buckets=BATCH_SIZE_BUCKETS,
+)  # fmt: skip
+BATCH_QUEUE_WAIT = InstrumentSpec(
+    "gateway_batch_queue_wait_seconds", Kind.HISTOGRAM, "s",
+    "Time a request waited in the batcher before its model-server call was sent",
+    buckets=QUEUE_WAIT_BUCKETS,
+)  # fmt: skip
+BATCH_RELEASES = InstrumentSpec(
+    "gateway_batch_releases_total", Kind.COUNTER, "",
+    "Model-server calls released by the batcher, by reason (idle, full, wait_expired)",
+    attributes=("reason",),
+)  # fmt: skip
+BATCH_QUEUE_DEPTH = InstrumentSpec(
+    "gateway_batch_queue_depth", Kind.OBSERVABLE_GAUGE, "",
+    "Requests waiting in the batcher for a model-server call",
+)  # fmt: skip
+BATCH_IN_FLIGHT = InstrumentSpec(
+    "gateway_batch_calls_in_flight", Kind.OBSERVABLE_GAUGE, "",
+    "Model-server calls the batcher has in flight",
 )  # fmt: skip
 
 # --- model monitoring (gateway) ----------------------------------------------------------
@@ -162,12 +194,17 @@ MODEL_INFO = InstrumentSpec(
     attributes=("model_name", "model_version", "run_id"),
 )  # fmt: skip
 
+BATCHING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    BATCH_SIZE, BATCH_QUEUE_WAIT, BATCH_RELEASES, BATCH_QUEUE_DEPTH, BATCH_IN_FLIGHT,
+)  # fmt: skip
 MONITORING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     PREDICTIONS_BY_CLASS, CONFIDENCE, FEATURE_DRIFT, DRIFT_SCORE, DRIFTED_FEATURES,
     DRIFT_WINDOW, FEEDBACK, ONLINE_ACCURACY, ONLINE_RECALL, FEEDBACK_WINDOW,
 )  # fmt: skip
 MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (MODEL_INFERENCE, MODEL_ROWS, MODEL_INFO)
-ALL_INSTRUMENTS = GATEWAY_INSTRUMENTS + MONITORING_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
+ALL_INSTRUMENTS = (
+    GATEWAY_INSTRUMENTS + BATCHING_INSTRUMENTS + MONITORING_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
+)
 CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.contract)
 
 
