@@ -13,6 +13,8 @@ Scrape and evaluation intervals are 1 s so both finish in well under a minute.
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import re
 import subprocess
@@ -28,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from model.features import EXAMPLE_FEATURES
+from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS, load_dataset
 from tests.config import stack_files
 from tests.integration.conftest import Spawn, Stack
 from tests.support import procs
@@ -53,16 +55,72 @@ def scrape_jobs(
     }
 
 
-def send_traffic(gateway_url: str, singles: int = 30, batches: int = 5, invalid: int = 5) -> None:
-    """Valid single and batch predictions plus rejected input (reason="invalid_request")."""
-    row = {"features": list(EXAMPLE_FEATURES)}
+@functools.cache
+def labelled_rows() -> tuple[tuple[list[int], str], ...]:
+    """Dataset rows of all three levels with their true level, so every class gets counted."""
+    frame = load_dataset()
+    picked = frame.groupby("level").head(10).sort_index()
+    return tuple(
+        ([int(row[name]) for name in FEATURE_NAMES], LABELS[int(row["level"])])
+        for _, row in picked.iterrows()
+    )
+
+
+def send_traffic(
+    gateway_url: str, singles: int = 30, batches: int = 5, invalid: int = 5
+) -> list[tuple[str, str]]:
+    """Valid single and batch predictions plus rejected input (reason="invalid_request").
+
+    Returns (prediction_id, true level) of every predicted row, for POST /feedback.
+    """
+    rows = itertools.cycle(labelled_rows())
+    answered: list[tuple[str, str]] = []
     with httpx.Client(base_url=gateway_url, timeout=10) as client:
         for _ in range(singles):
-            assert client.post("/predict", json=row).status_code == 200
+            features, level = next(rows)
+            response = client.post("/predict", json={"features": features})
+            assert response.status_code == 200, response.text
+            answered.append((response.json()["prediction_id"], level))
         for _ in range(batches):
-            assert client.post("/predict/batch", json={"rows": [row] * 3}).status_code == 200
+            batch = [next(rows) for _ in range(3)]
+            response = client.post(
+                "/predict/batch", json={"rows": [{"features": f} for f, _ in batch]}
+            )
+            assert response.status_code == 200, response.text
+            ids = [p["prediction_id"] for p in response.json()["predictions"]]
+            answered.extend(zip(ids, [level for _, level in batch], strict=True))
         for _ in range(invalid):
             assert client.post("/predict", json={"features": [1, 2, 3]}).status_code == 422
+    return answered
+
+
+def send_feedback(gateway_url: str, answered: list[tuple[str, str]]) -> None:
+    """The true level of every other prediction, plus one duplicate and one unknown id, so
+    model_feedback_total has all three results and the online-accuracy gauges exist."""
+    accepted = answered[::2]
+    assert accepted, "no prediction to give feedback on"
+    with httpx.Client(base_url=gateway_url, timeout=10) as client:
+        for prediction_id, level in accepted:
+            response = client.post(
+                "/feedback", json={"prediction_id": prediction_id, "level": level}
+            )
+            assert response.status_code == 200, response.text
+        prediction_id, level = accepted[0]
+        duplicate = {"prediction_id": prediction_id, "level": level}
+        assert client.post("/feedback", json=duplicate).status_code == 409
+        unknown = {"prediction_id": "0" * 32, "level": "Low"}
+        assert client.post("/feedback", json=unknown).status_code == 404
+
+
+def wait_for_gateway_metric(gateway_url: str, name: str, timeout: float = 20.0) -> None:
+    """Block until the gateway's own /metrics carries a sample of `name`."""
+    sample = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? ", re.M)
+    procs.wait_until(
+        lambda: sample.search(httpx.get(f"{gateway_url}/metrics", timeout=5).text),
+        timeout,
+        f"{name} on the gateway's /metrics",
+        interval=0.5,
+    )
 
 
 def wait_for_fresh_scrape(prom_url: str, timeout: float = 20.0) -> None:
@@ -94,10 +152,13 @@ def test_every_dashboard_and_rule_query_returns_data(
     )
     # A counter series first seen at N has not increased yet as far as rate() can tell: a
     # first round creates every series, the second is the traffic the rates measure.
-    send_traffic(stack.gateway_url, singles=2, batches=1, invalid=1)
+    send_feedback(stack.gateway_url, send_traffic(stack.gateway_url, 2, 1, 1))
     for _ in range(2):
         wait_for_fresh_scrape(prometheus.url)
-    send_traffic(stack.gateway_url)
+    send_feedback(stack.gateway_url, send_traffic(stack.gateway_url))
+    # The drift gauges appear once the gateway has fetched the training reference from the
+    # model server and computed the scores (every LUNGWATCH_DRIFT_INTERVAL_SECONDS, 5 s).
+    wait_for_gateway_metric(stack.gateway_url, "model_drift_score")
     for _ in range(3):
         wait_for_fresh_scrape(prometheus.url)
     # Recording rules run every second; wait until the latency SLI has seen the traffic.
