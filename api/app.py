@@ -108,18 +108,12 @@ def get_model_client(request: Request) -> ModelClient:
 Client = Annotated[ModelClient, Depends(get_model_client)]
 
 
-def _monitored(predictions: list[Prediction]) -> list[tuple[str, int, float]]:
-    return [(p.prediction_id, p.prediction, p.confidence) for p in predictions]
-
-
 def create_app(
     settings: Settings | None = None,
     telemetry: Telemetry | None = None,
     model_client: ModelClient | None = None,
 ) -> FastAPI:
     """Build the gateway. Tests pass in-memory telemetry or another model client."""
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
     settings = settings or Settings()
     owns_telemetry = telemetry is None
     telemetry = telemetry or build_telemetry(SERVICE_NAME)
@@ -191,6 +185,15 @@ def create_app(
     app.state.monitor = monitor
     app.state.batcher = batcher
 
+    async def score(rows: list[list[int]]) -> tuple[list[Prediction], str]:
+        """Predict rows through the batcher and record what the model said about them."""
+        answer = await batcher.predict(rows)
+        predictions = _predictions(answer)
+        last = predictions[-1]
+        metrics.record_prediction(last.prediction, last.confidence)
+        monitor.observe(rows, [(p.prediction_id, p.prediction, p.confidence) for p in predictions])
+        return predictions, answer.model_version
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_describe(e) for e in exc.errors()]
@@ -231,14 +234,10 @@ def create_app(
         summary="Predict the risk level of one patient",
     )
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
-        row = body.row()
-        answer = await batcher.predict([row])
-        (prediction,) = _predictions(answer)
-        metrics.record_prediction(prediction.prediction, prediction.confidence)
-        monitor.observe([row], _monitored([prediction]))
+        (prediction,), model_version = await score([body.row()])
         return PredictResponse(
             **prediction.model_dump(),
-            model_version=answer.model_version,
+            model_version=model_version,
             trace_id=_trace_id(),
             latency_seconds=_elapsed(request),
         )
@@ -258,15 +257,10 @@ def create_app(
                 f"rows: at most {settings.max_batch_rows} rows per call, got {len(body.rows)}",
                 [{"field": "rows", "message": f"at most {settings.max_batch_rows} rows"}],
             )
-        rows = [row.row() for row in body.rows]
-        answer = await batcher.predict(rows)
-        predictions = _predictions(answer)
-        last = predictions[-1]
-        metrics.record_prediction(last.prediction, last.confidence)
-        monitor.observe(rows, _monitored(predictions))
+        predictions, model_version = await score([row.row() for row in body.rows])
         return BatchResponse(
             predictions=predictions,
-            model_version=answer.model_version,
+            model_version=model_version,
             trace_id=_trace_id(),
             latency_seconds=_elapsed(request),
         )
@@ -334,12 +328,5 @@ def create_app(
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     # Outermost: the server span is open while our middleware runs, so its histogram
     # records carry exemplars and its log lines carry the trace id.
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-        # The per-message "http receive/send" spans add cost and no insight here.
-        exclude_spans=["receive", "send"],
-        excluded_urls="/health,/ready,/metrics",
-    )
+    telemetry.instrument_fastapi(app, excluded_urls="/health,/ready,/metrics")
     return app

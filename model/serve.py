@@ -130,7 +130,6 @@ def create_model_server_app(
     import mlflow
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     from model.train import tracking_uri
 
@@ -169,13 +168,8 @@ def create_model_server_app(
     labels = {"model_name": info.name, "model_version": info.version, "run_id": info.run_id}
     ins.create(meter, ins.MODEL_INFO, callbacks=[lambda _options: [Observation(1, labels)]])
 
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=telemetry.tracer_provider,
-        meter_provider=telemetry.meter_provider,
-        # The per-message "http receive/send" spans add cost and no insight here.
-        exclude_spans=["receive", "send"],
-        excluded_urls="/ping,/health,/metrics,/version,/model,/reference",
+    telemetry.instrument_fastapi(
+        app, excluded_urls="/ping,/health,/metrics,/version,/model,/reference"
     )
     log.info("serving %s version %s (run %s)", info.name, info.version, info.run_id)
     return app

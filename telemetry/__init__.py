@@ -127,6 +127,22 @@ class Telemetry:
     def meter(self, name: str) -> metrics.Meter:
         return self.meter_provider.get_meter(name)
 
+    def instrument_fastapi(self, app: Any, excluded_urls: str) -> None:
+        """SERVER spans (joining the caller's W3C trace) and HTTP server metrics for an app.
+
+        Probes and scrapes are excluded so they neither flood traces nor skew latency.
+        """
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            # The per-message "http receive/send" spans add cost and no insight here.
+            exclude_spans=["receive", "send"],
+            excluded_urls=excluded_urls,
+        )
+
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 
