@@ -52,7 +52,13 @@ class RequestGuard:
                 )
             else:
                 receive = _replay(body, receive)
-        if refusal is None and self.max_in_flight and self.in_flight >= self.max_in_flight:
+        limited = scope["path"] in PREDICTION_ENDPOINTS  # feedback never takes a slot
+        if (
+            refusal is None
+            and limited
+            and self.max_in_flight
+            and self.in_flight >= self.max_in_flight
+        ):
             # A quick 503 now beats an unbounded queue that times out for everyone later.
             refusal = error_response(
                 scope,
@@ -64,6 +70,9 @@ class RequestGuard:
             )
         if refusal is not None:
             await refusal(scope, receive, send)
+            return
+        if not limited:
+            await self.app(scope, receive, send)
             return
         self.in_flight += 1
         try:
