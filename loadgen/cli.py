@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from loadgen import profiles
+from loadgen.drift import DEFAULT_PROFILE, PROFILES, DriftingRowSource
+from loadgen.feedback import FeedbackHook
 from loadgen.payloads import INVALID_KINDS, Mix, PayloadFactory, RowSource, load_rows
 from loadgen.prometheus import PrometheusError, PrometheusProbe, reconcile
 from loadgen.report import build_report, render
@@ -191,6 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help='share of rows sent as {"patient": {...}}, not {"features": [...]} (0.5)',
     )
+    mix.add_argument(
+        "--drift",
+        nargs="?",
+        const=DEFAULT_PROFILE,
+        choices=sorted(PROFILES),
+        metavar="PROFILE",
+        help="shift the rows sent, so the gateway's drift score reacts; profiles: "
+        + "; ".join(f"{name} = {p.describe()}" for name, p in PROFILES.items())
+        + f" (default profile {DEFAULT_PROFILE}; shifted rows have no true level)",
+    )
+    mix.add_argument(
+        "--drift-share",
+        type=_share,
+        metavar="SHARE",
+        help="share of rows shifted with --drift, the rest sent as they are (default 1)",
+    )
+    mix.add_argument(
+        "--feedback",
+        action="store_true",
+        help="after each prediction of a dataset row, POST its true level to /feedback "
+        "(not a prediction request: reported apart, left out of latency and reconciliation)",
+    )
     mix.add_argument("--dataset", type=Path, metavar="CSV", help="rows to send (the repo's)")
     mix.add_argument("--seed", type=int, metavar="N", help="for a reproducible request sequence")
 
@@ -283,7 +307,27 @@ def resolve(argv: Sequence[str] | None = None) -> Options:
         mix = Mix(args.invalid, args.batch_share, args.patient_share, args.batch_size)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.drift_share is not None and args.drift is None:
+        parser.error("--drift-share needs --drift")
+    if args.drift is not None:
+        share = 1.0 if args.drift_share is None else args.drift_share
+        profile += f", drift {args.drift} on {share:.0%} of rows"
+    if args.feedback:
+        profile += ", feedback"
+        plan.hooks = (FeedbackHook(),)
     return Options(args, plan, mix, mode, profile)
+
+
+def row_source(args: argparse.Namespace) -> RowSource:
+    rows = load_rows(args.dataset)
+    if args.drift is None:
+        return RowSource(rows)
+    share = 1.0 if args.drift_share is None else args.drift_share
+    return DriftingRowSource(rows, PROFILES[args.drift], share)
+
+
+def feedback_hook(plan: RunPlan) -> FeedbackHook | None:
+    return next((h for h in plan.hooks if isinstance(h, FeedbackHook)), None)
 
 
 def _iso(seconds: float) -> str:
@@ -321,11 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = resolve(argv)
     args = options.args
     try:
-        rows = load_rows(args.dataset)
+        rows = row_source(args)
     except (OSError, KeyError, ValueError) as exc:
         print(f"loadgen: cannot read the dataset: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    factory = PayloadFactory(RowSource(rows), options.mix, random.Random(args.seed))
+    factory = PayloadFactory(rows, options.mix, random.Random(args.seed))
 
     probe = baseline = None
     if args.check_prometheus:
@@ -373,6 +417,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Wall-clock bounds, to find the run on the dashboards.
     report["started_at"] = _iso(started_at)
     report["finished_at"] = _iso(finished)
+    if isinstance(rows, DriftingRowSource):
+        report["drift"] = {
+            "profile": rows.profile.name,
+            "shifts": rows.profile.describe(),
+            "share": rows.share,
+            "shifted_rows_sent": recorder.shifted_sent,
+            "shifted_rows_answered": recorder.shifted_answered,
+        }
+    hook = feedback_hook(options.plan)
+    if hook is not None:
+        report["feedback"] = hook.summary()
     code = EXIT_OK
     if interrupted and probe is not None:
         report["prometheus"] = {"ok": False, "error": "not checked: the run was interrupted"}

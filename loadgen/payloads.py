@@ -28,6 +28,7 @@ INVALID_KINDS: tuple[str, ...] = (
 class LabelledRow:
     features: tuple[int, ...]  # in dataset (FEATURES) order
     label: int | None  # 0/1/2 when known
+    shifted: bool = False  # moved off the dataset by a drift profile (`loadgen.drift`)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RequestSpec:
     path: str
     body: bytes
     labels: tuple[int | None, ...] = ()
+    shifted: int = 0  # how many of its rows a drift profile shifted
 
     @property
     def valid(self) -> bool:
@@ -45,7 +47,7 @@ class RequestSpec:
 
 
 class RowSource:
-    """Draws labelled rows; the place where shifted inputs (issue 6's `--drift`) plug in."""
+    """Draws labelled rows; `loadgen.drift.DriftingRowSource` shifts them (`--drift`)."""
 
     def __init__(self, rows: Sequence[LabelledRow]) -> None:
         if not rows:
@@ -178,9 +180,13 @@ class PayloadFactory:
             drawn = [self.rows.draw(self.rng) for _ in range(self.mix.batch_size)]
             objs = [_row_object(r, self.rng, self.mix.patient_share) for r in drawn]
             return RequestSpec(
-                "batch", PREDICT_BATCH, _dumps({"rows": objs}), tuple(r.label for r in drawn)
+                "batch",
+                PREDICT_BATCH,
+                _dumps({"rows": objs}),
+                tuple(r.label for r in drawn),
+                sum(r.shifted for r in drawn),
             )
         row = self.rows.draw(self.rng)
         obj = _row_object(row, self.rng, self.mix.patient_share)
         kind = "patient" if "patient" in obj else "features"
-        return RequestSpec(kind, PREDICT, _dumps(obj), (row.label,))
+        return RequestSpec(kind, PREDICT, _dumps(obj), (row.label,), int(row.shifted))

@@ -93,6 +93,24 @@ def render(report: dict[str, Any]) -> str:
             f"  accuracy    {acc['accuracy']:.2%} ({acc['correct']}/{acc['labelled_rows']}"
             " labelled rows answered)"
         )
+    drift = report.get("drift")
+    if drift is not None:
+        lines.append(
+            f"  drift       {drift['profile']} on {drift['share']:.0%} of rows:"
+            f" {drift['shifted_rows_sent']} shifted rows sent,"
+            f" {drift['shifted_rows_answered']} predicted ({drift['shifts']})"
+        )
+    feedback = report.get("feedback")
+    if feedback is not None:
+        accuracy = feedback["accuracy_of_accepted"]
+        lines.append(
+            f"  feedback    sent {feedback['sent']}  accepted {feedback['accepted']}"
+            f"  rejected {feedback['rejected']} {feedback['rejected_by_reason']}"
+            f"  no answer {sum(feedback['no_answer'].values())}"
+            f"  accuracy of accepted "
+            + ("n/a" if accuracy is None else f"{accuracy:.2%}")
+            + " (not prediction requests: not in the figures above)"
+        )
     for i, (kind, counts) in enumerate(report["kinds"].items()):
         outcomes = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "sent")
         heading = "  by kind     " if i == 0 else " " * 14

@@ -81,6 +81,8 @@ class Recorder:
     kinds: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     labelled: int = 0
     correct: int = 0
+    shifted_sent: int = 0  # rows moved by a drift profile, in requests sent
+    shifted_answered: int = 0  # ... in requests answered with predictions (200)
     latency: HdrHistogram = field(default_factory=new_histogram)
     valid_latency: HdrHistogram = field(default_factory=new_histogram)
     send_lag: HdrHistogram = field(default_factory=new_histogram)
@@ -109,6 +111,7 @@ class Recorder:
         self._due(scheduled)
         self.sent += 1
         self.kinds[spec.kind]["sent"] += 1
+        self.shifted_sent += spec.shifted
         if self.first_sent is None:
             self.first_sent = sent
         self.last_sent = sent
@@ -141,6 +144,8 @@ class Recorder:
             self.timeline.append(
                 (outcome.scheduled - self.start, outcome.latency, outcome.expected)
             )
+        if outcome.status == 200:
+            self.shifted_answered += outcome.spec.shifted
         if outcome.status == 200 and len(outcome.predictions) == len(outcome.spec.labels):
             for predicted, label in zip(outcome.predictions, outcome.spec.labels, strict=True):
                 if label is not None:
