@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -207,8 +208,16 @@ async def run(
     # One connection per possible in-flight request: a smaller pool would queue silently.
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     # trust_env=False: a proxy from the environment must not sit between loadgen and the gateway.
+    # With API keys on the gateway (compose), LUNGWATCH_API_KEY is sent on every call.
+    api_key = os.environ.get("LUNGWATCH_API_KEY", "")
+    headers = {"X-API-Key": api_key} if api_key else None
     async with httpx.AsyncClient(
-        base_url=url, timeout=timeout, limits=limits, trust_env=False, transport=transport
+        base_url=url,
+        timeout=timeout,
+        limits=limits,
+        trust_env=False,
+        transport=transport,
+        headers=headers,
     ) as client:
         await warm_up(client.base_url)
         loop = asyncio.get_running_loop()
