@@ -167,6 +167,11 @@ def test_model_server_metrics_reach_prometheus(stack: Stack) -> None:
         stack.prometheus_url, 'sum(model_inference_seconds_count{outcome="ok"})'
     )
     assert count is not None and count >= 1
+    # model_info names the served model; its labels change with the version served.
+    info = procs.prom_query(stack.prometheus_url, "model_info")
+    assert [series["metric"]["model_version"] for series in info] == [stack.model.version]
+    assert info[0]["metric"]["run_id"] == stack.model.run_id
+    assert info[0]["metric"]["model_name"] == "lungwatch-risk"
 
 
 def test_model_server_down_gives_fast_503_and_not_ready_then_recovers(

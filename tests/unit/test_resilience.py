@@ -128,3 +128,19 @@ def test_chunked_body_over_the_limit_is_refused() -> None:
 
     response = client.post("/predict", content=chunks(), headers=JSON)
     assert response.status_code == 413
+
+
+def test_metrics_can_live_on_a_separate_port() -> None:
+    import httpx
+
+    from tests.support.procs import free_port
+
+    port = free_port()
+    telemetry = build_telemetry("unit")
+    settings = Settings(metrics_port=port)
+    app = create_app(settings, telemetry=telemetry, model_client=ScriptedModelClient())  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"features": GOOD}).status_code == 200
+        assert client.get("/metrics").status_code == 404  # not on the public API port
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "api_total_requests_total" in text
