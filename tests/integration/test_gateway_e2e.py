@@ -212,3 +212,31 @@ def test_model_server_down_gives_fast_503_and_not_ready_then_recovers(
     assert httpx.post(f"{gateway.url}/predict", json=body).status_code == 200
     text = httpx.get(f"{gateway.url}/metrics").text
     assert 'reason="model_unavailable"' in text
+
+
+def test_a_new_registered_version_is_served_and_reported_without_a_gateway_restart(
+    spawn: Spawn, integration_dir: Path
+) -> None:
+    """Retrain (version 2 takes the alias), restart the model server on the same port: the
+    same gateway answers with version 2 and model_info follows."""
+    workdir = integration_dir / "versions"
+    logs = integration_dir / "logs"
+    first = procs.train_model(workdir, "--classifier", "logreg")
+    port = procs.free_port()
+    model_server = spawn(procs.model_server(first, logs, port=port))
+    gateway = spawn(procs.gateway(model_server.url, logs))
+    body = {"features": list(EXAMPLE_FEATURES)}
+    assert httpx.post(f"{gateway.url}/predict", json=body).json()["model_version"] == "1"
+
+    second = procs.train_model(workdir)
+    assert second.version == "2"
+    model_server.stop()
+    model_server.start()
+    assert httpx.post(f"{gateway.url}/predict", json=body).json()["model_version"] == "2"
+    info = [
+        line
+        for line in httpx.get(f"{model_server.url}/metrics").text.splitlines()
+        if line.startswith("model_info{")
+    ]
+    assert len(info) == 1 and 'model_version="2"' in info[0] and second.run_id in info[0]
+    assert httpx.get(f"{gateway.url}/ready").json()["model"]["version"] == "2"

@@ -82,6 +82,7 @@ class ManagedProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
