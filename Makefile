@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down
+.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick
 
 # The venv is rebuilt whenever the lock file changes; uv installs exactly what it pins.
 $(STAMP): requirements.lock pyproject.toml
@@ -35,6 +35,14 @@ run: $(STAMP)
 # Traffic against `make run`'s gateway, e.g. make load ARGS="--rate 50 --duration 60s".
 load: $(STAMP)
 	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
+
+# Issue 7's benchmark, not part of `make test`: ~20 min on 2 cores; results/bench/results.{md,json}.
+bench: $(STAMP)
+	$(PY) -m bench
+
+# One short round (~3.5 min) proving every system starts and every load runs; results/bench/quick.*
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
 
 # The full stack in containers (needs Docker + Compose v2): build, wait until healthy, print URLs.
 stack:

@@ -1,0 +1,1 @@
+"""The performance benchmark of issue 7: bare MLflow serving against the Lungwatch path."""
