@@ -71,7 +71,11 @@ def test_slow_model_server_is_a_504_at_the_deadline_and_the_trace_shows_where(
     def spans() -> list:
         found = stack.otlp.trace(trace_id)
         kinds = {(s.service, s.kind) for s in found}
-        wanted = {("lungwatch-gateway", CLIENT), ("lungwatch-model-server", SERVER)}
+        wanted = {
+            ("lungwatch-gateway", SERVER),  # ends last, after the response
+            ("lungwatch-gateway", CLIENT),
+            ("lungwatch-model-server", SERVER),
+        }
         return found if wanted <= kinds else []
 
     found = procs.wait_until(spans, 15, "the slow request's spans")
@@ -288,10 +292,18 @@ def test_no_patient_value_reaches_spans_logs_or_labels(stack: Stack, spawn: Spaw
             f"{gateway.url}/predict/batch", json={"rows": [{"features": secret_row}] * 2}
         ).headers["x-trace-id"],
     ]
+
+    def server_span_ended(trace_id: str) -> bool:
+        # The gateway's SERVER span ends last: once it is exported, the trace is complete.
+        return any(
+            s.service == "lungwatch-gateway" and s.kind == SERVER
+            for s in stack.otlp.trace(trace_id)
+        )
+
     spans = procs.wait_until(
         lambda: (
             [s for t in trace_ids for s in stack.otlp.trace(t)]
-            if all(stack.otlp.trace(t) for t in trace_ids)
+            if all(server_span_ended(t) for t in trace_ids)
             else []
         ),
         15,

@@ -139,12 +139,16 @@ def test_one_trace_spans_gateway_client_and_model_server(stack: Stack) -> None:
     trace_id = response.json()["trace_id"]
 
     def complete() -> list:
+        # The gateway's SERVER span ends last (after the response): wait for every span.
         spans = stack.otlp.trace(trace_id)
-        names = {(s.service, s.kind, s.name) for s in spans}
-        ok = any(s == "lungwatch-model-server" and k == SERVER for s, k, _ in names) and any(
-            n == "model.predict" for *_, n in names
-        )
-        return spans if ok else []
+        kinds = {(s.service, s.kind) for s in spans}
+        wanted = {
+            ("lungwatch-gateway", SERVER),
+            ("lungwatch-gateway", CLIENT),
+            ("lungwatch-model-server", SERVER),
+        }
+        done = wanted <= kinds and any(s.name == "model.predict" for s in spans)
+        return spans if done else []
 
     spans = procs.wait_until(complete, 15, f"all spans of trace {trace_id} at the receiver")
     gateway_server = [s for s in spans if s.service == "lungwatch-gateway" and s.kind == SERVER]
