@@ -114,11 +114,13 @@ class DriftWindow:
     def add(self, rows: Iterable[Sequence[int]]) -> None:
         self.rows.extend(tuple(row) for row in rows)
 
-    def compute(self) -> None:
-        if self.reference is None or not self.rows:
+    def compute(self, rows: Sequence[Sequence[int]] | None = None) -> None:
+        """Score `rows` (default: the window). Pass a snapshot taken on the event loop when
+        computing in another thread, so the ring buffer is never read while it is appended."""
+        rows = list(self.rows) if rows is None else rows
+        if self.reference is None or not rows:
             return
-        snapshot = list(self.rows)
-        self.scores = psi_by_feature(self.reference, snapshot)
+        self.scores = psi_by_feature(self.reference, rows)
 
     @property
     def score(self) -> float | None:
@@ -178,7 +180,7 @@ class ModelMonitor:
                         self.drift.reference = reference["counts"]
                         self.drift.reference_version = version
                         log.info("drift reference loaded", extra={"model_version": version})
-                await asyncio.to_thread(self.drift.compute)
+                await asyncio.to_thread(self.drift.compute, list(self.drift.rows))
             await asyncio.sleep(interval)
 
     # --- metric callbacks (collection time) -------------------------------------------
