@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -40,7 +40,6 @@ class _Request:
     batch_rows: int = 0
     reason: str = ""
     waited: float = 0.0
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class MicroBatcher:

@@ -10,8 +10,6 @@ from mlflow.pyfunc import PythonModel
 
 from model.features import FEATURE_NAMES, LABELS
 
-OUTPUT_COLUMNS = ("prediction", "label", "prob_low", "prob_medium", "prob_high")
-
 
 class RiskModel(PythonModel):
     """Wraps the fitted scikit-learn Pipeline (loaded from the `pipeline` artifact)."""

@@ -13,7 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -117,9 +117,6 @@ class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     registry: CollectorRegistry
-    otlp_traces: bool = False
-    otlp_metrics: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
     def tracer(self, name: str) -> trace.Tracer:
         return self.tracer_provider.get_tracer(name)
@@ -180,7 +177,6 @@ def build_telemetry(
     readers: list[MetricReader] = list(metric_readers)
     if prometheus:
         readers.append(PrometheusMetricReader(registry=registry))
-    otlp_metrics = False
     if _otlp_wanted("METRICS"):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
@@ -190,12 +186,10 @@ def build_telemetry(
                 ReportingExporter(OTLPMetricExporter(), "metrics")  # type: ignore[arg-type]
             )
         )
-        otlp_metrics = True
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
     # Sampler: None lets the SDK read OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
     tracer_provider = TracerProvider(resource=resource)
-    otlp_traces = False
     if span_exporter is not None:
         tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     if _otlp_wanted("TRACES"):
@@ -208,13 +202,10 @@ def build_telemetry(
         tracer_provider.add_span_processor(
             BatchSpanProcessor(exporter, meter_provider=meter_provider)  # type: ignore[arg-type]
         )
-        otlp_traces = True
 
     return Telemetry(
         service_name=service_name,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         registry=registry,
-        otlp_traces=otlp_traces,
-        otlp_metrics=otlp_metrics,
     )
