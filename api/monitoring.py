@@ -7,7 +7,6 @@ background task every few seconds, off the request path; gauges read precomputed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
@@ -172,15 +171,17 @@ class ModelMonitor:
         """Every `interval`: (re)load the reference when the served version changes, then
         recompute drift in a worker thread."""
         while True:
-            with contextlib.suppress(Exception):  # a failed round is retried next interval
+            try:
                 version = current_version()
                 if self.drift.reference is None or version != self.drift.reference_version:
-                    reference = await fetch_reference()
+                    reference = await fetch_reference()  # None while the server is away
                     if reference is not None:
                         self.drift.reference = reference["counts"]
                         self.drift.reference_version = version
                         log.info("drift reference loaded", extra={"model_version": version})
                 await asyncio.to_thread(self.drift.compute, list(self.drift.rows))
+            except Exception:  # a bug here must not stop monitoring; the next round retries
+                log.exception("drift round failed")
             await asyncio.sleep(interval)
 
     # --- metric callbacks (collection time) -------------------------------------------
