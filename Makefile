@@ -3,26 +3,33 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-UV := $(VENV)/bin/uv
+# uv lives in its own small venv: `uv sync` makes .venv exactly what uv.lock says.
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick
 
-# The venv is rebuilt whenever the lock file changes; uv installs exactly what it pins.
-$(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The dev venv holds every dependency group (gateway, model, loadgen, dev), exactly as
+# uv.lock pins them; it is synced again whenever the lock or pyproject.toml changes.
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked --all-groups --python $(PYTHON) --quiet
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Regenerate the lock after editing pyproject.toml dependencies.
-lock:
-	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+# Regenerate the lock after editing the dependency groups in pyproject.toml.
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON)
 
 # Trains and registers the model only when the local registry has no version yet.
 model: $(STAMP)
@@ -76,4 +83,4 @@ integration: $(STAMP) prometheus
 	$(PY) -m pytest tests/integration
 
 clean:
-	rm -rf $(VENV) mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache

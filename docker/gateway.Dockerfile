@@ -1,30 +1,31 @@
-# Lungwatch gateway image (FastAPI, `python -m api`, :8000). Also runs the load generator
-# (`python -m loadgen`, compose profile "loadgen"), which needs the same dependencies.
-# Build context: the repository root (compose.yaml).
+# Lungwatch gateway image (FastAPI, `python -m api`, :8000): the gateway dependency group and
+# the packages it imports, nothing else. Build context: the repository root (compose.yaml).
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    UV_PYTHON_DOWNLOADS=never
 
 WORKDIR /app
 
-# Dependencies first, from the hash-pinned lock, so code edits do not reinstall them.
-COPY requirements.lock ./
-RUN pip install --require-hashes -r requirements.lock
+# Dependencies first, so code edits do not reinstall them: only this process's dependency
+# group, hash-pinned from the one lock (uv.lock).
+COPY pyproject.toml uv.lock ./
+RUN pip install uv==0.13.8 \
+ && uv export --frozen --only-group gateway --no-emit-project -o /tmp/requirements.txt \
+ && pip install --require-hashes --no-deps -r /tmp/requirements.txt \
+ && pip uninstall -y uv && rm /tmp/requirements.txt
 
-# The gateway imports model.features (the feature schema) and telemetry; loadgen reads data/.
-COPY api/ api/
-COPY model/ model/
+COPY contract/ contract/
 COPY telemetry/ telemetry/
-COPY loadgen/ loadgen/
-COPY data/ data/
+COPY api/ api/
 
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lungwatch
 USER 10001:10001
 
-ENV LUNGWATCH_HOST=0.0.0.0 \
-    LUNGWATCH_PORT=8000
+ENV LUNGWATCH_GATEWAY_HOST=0.0.0.0 \
+    LUNGWATCH_GATEWAY_PORT=8000
 EXPOSE 8000
 CMD ["python", "-m", "api"]

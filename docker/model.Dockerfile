@@ -7,15 +7,21 @@ FROM python:3.11.13-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    UV_PYTHON_DOWNLOADS=never
 
 WORKDIR /app
 
-COPY requirements.lock ./
-RUN pip install --require-hashes -r requirements.lock
+# Only this process's dependency group (model server and training), hash-pinned from uv.lock.
+COPY pyproject.toml uv.lock ./
+RUN pip install uv==0.13.8 \
+ && uv export --frozen --only-group model --no-emit-project -o /tmp/requirements.txt \
+ && pip install --require-hashes --no-deps -r /tmp/requirements.txt \
+ && pip uninstall -y uv && rm /tmp/requirements.txt
 
-COPY model/ model/
+COPY contract/ contract/
 COPY telemetry/ telemetry/
+COPY model/ model/
 COPY data/ data/
 
 # MLflow's sqlite store keeps artifacts under ./mlruns of the working directory (/app).
@@ -29,8 +35,8 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lungwatch \
  && chown -R 10001:10001 /app/mlruns
 USER 10001:10001
 
-ENV LUNGWATCH_MODEL_HOST=0.0.0.0 \
-    LUNGWATCH_MODEL_PORT=8080 \
-    LUNGWATCH_MODEL_URI=models:/lungwatch-risk@champion
+ENV LUNGWATCH_MODEL_SERVER_HOST=0.0.0.0 \
+    LUNGWATCH_MODEL_SERVER_PORT=8080 \
+    LUNGWATCH_MODEL_SERVER_MODEL_URI=models:/lungwatch-risk@champion
 EXPOSE 8080
 CMD ["python", "-m", "model.serve"]
