@@ -1,17 +1,17 @@
-"""Run the gateway under uvicorn: `python -m api` (settings from LUNGWATCH_* variables)."""
+"""Run the gateway under uvicorn: `python -m api` (settings from LUNGWATCH_GATEWAY_* variables)."""
 
 from __future__ import annotations
 
 import sys
 
 from api.app import create_app
-from api.settings import Settings
-from model.serve import run_uvicorn
+from contract.server import run_uvicorn
+from contract.settings import GatewaySettings
 from telemetry.logs import configure_logging
 
 
 def main() -> int:
-    settings = Settings()
+    settings = GatewaySettings()
     configure_logging(settings.log_level)
     # The app's lifespan closes the model client and flushes telemetry on SIGTERM/Ctrl-C.
     run_uvicorn(

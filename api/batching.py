@@ -1,15 +1,17 @@
 """Adaptive micro-batching: concurrent predictions share model-server calls.
 
-A request that finds a free call slot (fewer than `max_concurrency` calls in flight) is
+A request that finds a free call slot (fewer than `max_calls_in_flight` calls in flight) is
 sent at once, alone if nothing else is waiting: an idle service adds no latency. While every
 slot is busy, requests queue; the queue is released as one call when a slot frees (`idle`),
-when it holds `max_batch` rows (`full`), or when its oldest request has waited `max_wait`
+when it holds `max_rows` rows (`full`), or when its oldest request has waited `max_wait`
 (`wait_expired`). Per-call cost (HTTP, pandas, schema checks) dominates the model server's
 time, so fuller calls mean more predictions per second.
 
 Tracing: the call gets a `model_server.batch` span, child of its first request and linked
 to every request in it; each request gets a `model_server.batched_predict` span, from
 enqueue to answer, linked to the batch span. Every request keeps its own trace.
+
+Time comes from `clock` (seconds, monotonic), so a test can move it instead of sleeping.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -25,6 +27,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext
 
 from api.model_client import ModelAnswer, ModelClient
+from contract.settings import GATEWAY_DEFAULTS
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
@@ -48,16 +51,18 @@ class MicroBatcher:
         client: ModelClient,
         telemetry: Telemetry,
         *,
-        enabled: bool = True,
-        max_batch: int = 32,
-        max_wait_seconds: float = 0.005,
-        max_concurrency: int = 2,
+        enabled: bool = GATEWAY_DEFAULTS.batching,
+        max_rows: int = GATEWAY_DEFAULTS.batch_max_rows,
+        max_wait_seconds: float = GATEWAY_DEFAULTS.batch_max_wait_ms / 1000,
+        max_calls_in_flight: int = GATEWAY_DEFAULTS.batch_max_calls_in_flight,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.client = client
         self.enabled = enabled
-        self.max_batch = max_batch
+        self.max_rows = max_rows
         self.max_wait = max_wait_seconds
-        self.max_concurrency = max_concurrency
+        self.max_calls_in_flight = max_calls_in_flight
+        self._clock = clock
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self.in_flight = 0
@@ -78,10 +83,10 @@ class MicroBatcher:
     async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
         if not self.enabled:
             return await self.client.predict(rows)
-        if len(rows) <= self.max_batch:
+        if len(rows) <= self.max_rows:
             return await self._submit(rows)
-        # A /predict/batch call larger than a model call is split: max_batch holds for all.
-        parts = [rows[i : i + self.max_batch] for i in range(0, len(rows), self.max_batch)]
+        # A /predict/batch call larger than a model call is split: max_rows holds for all.
+        parts = [rows[i : i + self.max_rows] for i in range(0, len(rows), self.max_rows)]
         answers = await asyncio.gather(*(self._submit(part) for part in parts))
         return ModelAnswer(
             rows=[row for answer in answers for row in answer.rows],
@@ -93,13 +98,13 @@ class MicroBatcher:
         request = _Request(
             rows=rows,
             future=loop.create_future(),
-            enqueued=time.perf_counter(),
+            enqueued=self._clock(),
             enqueued_ns=time.time_ns(),
             context=trace.get_current_span().get_span_context(),
         )
         self._queue.append(request)
         self._queued_rows += len(rows)
-        self._release()
+        self.release()
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -111,22 +116,22 @@ class MicroBatcher:
         finally:
             self._request_span(request)
 
-    def _release(self) -> None:
-        """Send as many calls as the rules allow; arm the timer for what must wait."""
+    def release(self) -> None:
+        """Send as many calls as the rules allow; arm the timer for what must wait.
+
+        Called on every enqueue, every finished call and by the timer."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         while self._queue:
-            if self._queued_rows >= self.max_batch:
+            if self._queued_rows >= self.max_rows:
                 reason = "full"
-            elif self.in_flight < self.max_concurrency:
+            elif self.in_flight < self.max_calls_in_flight:
                 reason = "idle"
             else:
-                deadline = self._queue[0].enqueued + self.max_wait
-                if time.perf_counter() < deadline:
-                    loop = asyncio.get_running_loop()
-                    delay = deadline - time.perf_counter()
-                    self._timer = loop.call_later(max(delay, 0.0), self._release)
+                delay = self._queue[0].enqueued + self.max_wait - self._clock()
+                if delay > 0:
+                    self._timer = asyncio.get_running_loop().call_later(delay, self.release)
                     return
                 reason = "wait_expired"
             self._dispatch(self._take(), reason)
@@ -134,7 +139,7 @@ class MicroBatcher:
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
         rows = 0
-        while self._queue and rows + len(self._queue[0].rows) <= self.max_batch:
+        while self._queue and rows + len(self._queue[0].rows) <= self.max_rows:
             request = self._queue.popleft()
             rows += len(request.rows)
             batch.append(request)
@@ -148,7 +153,7 @@ class MicroBatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _call(self, batch: list[_Request], reason: str) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         rows = [row for request in batch for row in request.rows]
         self._size.record(len(rows))
         self._releases.add(1, {"reason": reason})
@@ -194,7 +199,7 @@ class MicroBatcher:
             raise
         finally:
             self.in_flight -= 1
-            self._release()
+            self.release()
 
     def _request_span(self, request: _Request) -> None:
         """The request's view of its call, from enqueue to answer, linked to the batch."""

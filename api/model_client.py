@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 
 from api.circuit import CircuitBreaker, CircuitOpenError
-from model.features import FEATURE_NAMES, LABELS
-from model.serve import MODEL_VERSION_HEADER
+from contract.features import FEATURE_NAMES, LABELS
+from contract.settings import GATEWAY_DEFAULTS
+from contract.wire import MODEL_VERSION_HEADER
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
@@ -75,11 +76,13 @@ class ModelClient:
         base_url: str,
         telemetry: Telemetry,
         *,
-        connect_timeout: float = 1.0,
-        timeout: float = 5.0,
-        max_connections: int = 64,
+        connect_timeout: float = GATEWAY_DEFAULTS.model_server_connect_timeout_seconds,
+        timeout: float = GATEWAY_DEFAULTS.model_server_timeout_seconds,
+        max_connections: int = GATEWAY_DEFAULTS.model_server_max_connections,
         breaker: CircuitBreaker | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network (tests pass an `httpx.MockTransport`)."""
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
         self.base_url = base_url.rstrip("/")
@@ -93,6 +96,7 @@ class ModelClient:
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
+            transport=transport,
         )
         # CLIENT spans that inject W3C traceparent, so the model server joins the trace.
         HTTPXClientInstrumentor.instrument_client(

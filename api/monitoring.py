@@ -15,8 +15,9 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from model.drift import DRIFT_THRESHOLD, psi_by_feature
-from model.features import FEATURE_NAMES, LABELS
+from contract.drift import DRIFT_THRESHOLD, psi_by_feature
+from contract.features import FEATURE_NAMES, LABELS
+from contract.settings import GATEWAY_DEFAULTS
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
@@ -32,9 +33,9 @@ class FeedbackStore:
 
     def __init__(
         self,
-        window: int = 1000,
-        max_pending: int = 10_000,
-        ttl_seconds: float = 3600.0,
+        window: int = GATEWAY_DEFAULTS.feedback_window,
+        max_pending: int = GATEWAY_DEFAULTS.feedback_max_pending,
+        ttl_seconds: float = GATEWAY_DEFAULTS.feedback_ttl_seconds,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
@@ -104,7 +105,7 @@ class FeedbackStore:
 class DriftWindow:
     """The last `size` input rows and the PSI of each feature against the reference."""
 
-    def __init__(self, size: int = 1000) -> None:
+    def __init__(self, size: int = GATEWAY_DEFAULTS.drift_window_rows) -> None:
         self.rows: deque[tuple[int, ...]] = deque(maxlen=size)
         self.reference: dict[str, list[int]] | None = None
         self.reference_version: str | None = None
@@ -131,7 +132,7 @@ class ModelMonitor:
         self,
         telemetry: Telemetry,
         *,
-        drift_window_rows: int = 1000,
+        drift_window_rows: int = GATEWAY_DEFAULTS.drift_window_rows,
         feedback: FeedbackStore | None = None,
     ) -> None:
         meter = telemetry.meter("lungwatch.gateway")

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES, LABELS, N_FEATURES, Feature
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES, LABELS, N_FEATURES, Feature
 
 _JSON_TYPE_NAMES = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
 
@@ -125,7 +125,7 @@ class PredictRequest(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    """Several patients in one call; the row limit is LUNGWATCH_MAX_BATCH_ROWS."""
+    """Several patients in one call; the row limit is LUNGWATCH_GATEWAY_PREDICT_BATCH_MAX_ROWS."""
 
     model_config = ConfigDict(
         extra="forbid",

@@ -1,0 +1,127 @@
+"""POST /predict and /predict/batch: validated rows through the batcher to the model server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from opentelemetry import trace
+
+from api.batching import MicroBatcher
+from api.deps import BatcherDep, MetricsDep, MonitorDep, SettingsDep
+from api.errors import error_response
+from api.model_client import ModelAnswer
+from api.monitoring import ModelMonitor
+from api.observability import STARTED_AT, GatewayMetrics
+from api.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+)
+
+router = APIRouter(tags=["predictions"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (422, "Invalid input: the message names the field or position"),
+        (502, "The model server answered with something that is not a valid prediction"),
+        (503, "The model server is unreachable or not ready"),
+        (504, "The model server did not answer within the deadline"),
+    )
+}
+
+
+def _trace_id() -> str:
+    return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+
+def _elapsed(request: Request) -> float:
+    started = request.scope.get("state", {}).get(STARTED_AT)
+    return round(time.perf_counter() - started, 6) if started else 0.0
+
+
+def _predictions(answer: ModelAnswer) -> list[Prediction]:
+    return [
+        Prediction(
+            prediction=row.prediction,
+            label=row.label,
+            prediction_probabilities=list(row.probabilities),
+            confidence=row.confidence,
+            prediction_id=uuid.uuid4().hex,
+        )
+        for row in answer.rows
+    ]
+
+
+async def score(
+    rows: list[list[int]], batcher: MicroBatcher, metrics: GatewayMetrics, monitor: ModelMonitor
+) -> tuple[list[Prediction], str]:
+    """Predict rows through the batcher and record what the model said about them."""
+    answer = await batcher.predict(rows)
+    predictions = _predictions(answer)
+    last = predictions[-1]
+    metrics.record_prediction(last.prediction, last.confidence)
+    monitor.observe(rows, [(p.prediction_id, p.prediction, p.confidence) for p in predictions])
+    return predictions, answer.model_version
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    summary="Predict the risk level of one patient",
+)
+async def predict(
+    body: PredictRequest,
+    request: Request,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+    monitor: MonitorDep,
+) -> PredictResponse:
+    (prediction,), model_version = await score([body.row()], batcher, metrics, monitor)
+    return PredictResponse(
+        **prediction.model_dump(),
+        model_version=model_version,
+        trace_id=_trace_id(),
+        latency_seconds=_elapsed(request),
+    )
+
+
+@router.post(
+    "/predict/batch",
+    response_model=BatchResponse,
+    responses=ERROR_RESPONSES,
+    summary="Predict several patients in one call (LUNGWATCH_GATEWAY_PREDICT_BATCH_MAX_ROWS)",
+)
+async def predict_batch(
+    body: BatchRequest,
+    request: Request,
+    settings: SettingsDep,
+    batcher: BatcherDep,
+    metrics: MetricsDep,
+    monitor: MonitorDep,
+) -> BatchResponse | JSONResponse:
+    limit = settings.predict_batch_max_rows
+    if len(body.rows) > limit:
+        return error_response(
+            request.scope,
+            422,
+            "invalid_request",
+            f"rows: at most {limit} rows per call, got {len(body.rows)}",
+            [{"field": "rows", "message": f"at most {limit} rows"}],
+        )
+    rows = [row.row() for row in body.rows]
+    predictions, model_version = await score(rows, batcher, metrics, monitor)
+    return BatchResponse(
+        predictions=predictions,
+        model_version=model_version,
+        trace_id=_trace_id(),
+        latency_seconds=_elapsed(request),
+    )
