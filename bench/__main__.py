@@ -29,20 +29,8 @@ from typing import Any
 import psutil
 
 from bench import report
-from bench.systems import (
-    PYTHON,
-    REPO_ROOT,
-    SYSTEMS,
-    RunningSystem,
-    Sink,
-    SystemSpec,
-    TrainedModel,
-    cpu_seconds,
-    memory,
-    request_body,
-    start_system,
-    train_model,
-)
+from bench.systems import SYSTEMS, RunningSystem, Sink, SystemSpec, request_body, start_system
+from devtools.procs import PYTHON, REPO_ROOT, TrainedModel, cpu_seconds, memory, train_model
 
 
 @dataclass(frozen=True)
@@ -93,7 +81,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment for the Lungwatch processes of systems 2-4, e.g. "
-        "LUNGWATCH_MAX_BATCH=32 (repeatable; a system's own setting wins)",
+        "LUNGWATCH_GATEWAY_BATCH_MAX_ROWS=32 (repeatable; a system's own setting wins)",
     )
     parser.add_argument(
         "--render",
@@ -157,7 +145,7 @@ def run_load(spec: dict[str, Any], system: RunningSystem, sink_pid: int | None) 
     pids = system.server_pids
     others = [sink_pid] if sink_pid else []
     # per process (gateway vs model server), so the report can say where the CPU goes
-    by_process_before = {p.name: cpu_seconds([p.popen.pid]) for p in system.processes}
+    by_process_before = {p.name: cpu_seconds([p.pid]) for p in system.processes}
     cpu_before = cpu_seconds(pids)
     others_before = cpu_seconds(others)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -175,7 +163,7 @@ def run_load(spec: dict[str, Any], system: RunningSystem, sink_pid: int | None) 
     busy = busy_cpu_seconds() - busy_before
     cpu_used = cpu_seconds(pids) - cpu_before
     by_process = {
-        p.name: cpu_seconds([p.popen.pid]) - by_process_before[p.name] for p in system.processes
+        p.name: cpu_seconds([p.pid]) - by_process_before[p.name] for p in system.processes
     }
     others_used = cpu_seconds(others) - others_before
     harness_used = _rusage_delta(resource.getrusage(resource.RUSAGE_CHILDREN), children_before)
@@ -383,7 +371,7 @@ def run_system(
         answer = system.check(first)
         sink_before = sink.stats() if sink and spec.otlp else {}
         log(f"  ready in {system.startup_s:.1f} s; {len(system.server_pids)} root process(es)")
-        sink_pid = sink.process.popen.pid if sink is not None else None
+        sink_pid = sink.process.pid if sink is not None else None
         result = measure(system, plan, payloads[spec.kind], round_index, log, sink_pid)
         result["first_answer"] = answer
         result["code_digest"] = digest
@@ -401,9 +389,10 @@ def run_system(
 
 def write_payloads(tmp: Path) -> dict[str, Path]:
     """Every dataset row as a single-row request body, per request shape."""
-    from model.features import FEATURE_NAMES, load_dataset
+    from contract.dataset import read_rows
+    from contract.features import FEATURE_NAMES
 
-    rows = load_dataset()[list(FEATURE_NAMES)].to_numpy().tolist()
+    rows = [row.features for row in read_rows()]
     paths: dict[str, Path] = {}
     for kind in ("mlflow", "lungwatch"):
         bodies = [request_body(kind, [int(v) for v in row], FEATURE_NAMES) for row in rows]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.stats import latency_summary, poisson_schedule
+from devtools.stats import latency_summary, poisson_schedule
 
 REQUEST_TIMEOUT_S = 30.0
 # uvicorn closes a keep-alive connection after 5 s idle; the client drops its own idle

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.stats import Spread, Target, evaluate_target, per_round_ratios, spread
+from devtools.stats import Spread, Target, evaluate_target, per_round_ratios, spread
 
 # Issue 7's targets. System keys are bench.systems.SYSTEMS' keys.
 TARGETS: tuple[Target, ...] = (

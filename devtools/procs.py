@@ -1,17 +1,19 @@
-"""Real processes for tests: the model server, the gateway, Prometheus, on free ports.
+"""Real processes for tests and the benchmark: model server, gateway, Prometheus, on free ports.
 
 Each start polls readiness with a deadline and, when something never becomes ready, fails
-with what it waited for and the tail of that process's log.
+with what it waited for and the tail of that process's log. Product code never imports this.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,17 +21,40 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
+import psutil
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+# The venv's bin, unresolved: `mlflow models serve` shells out to a bare `uvicorn` on PATH.
+VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
+
+# A port is picked, released, then bound by the child: another process may take it in
+# between. The kernel hands out ephemeral ports (outgoing connections, bind to port 0) from
+# 32768 up, so ports are picked below that range, at random (a caller may use port + 1 for a
+# second worker), and never the same one twice in a process.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+_random = random.Random()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, outside the kernel's ephemeral range, not handed out
+    before by this process."""
+    with _ports_lock:
+        for _ in range(1000):
+            port = _random.randrange(*_PORT_RANGE)
+            if port in _handed_out:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -48,10 +73,12 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
 
 
 def base_env(**overrides: str) -> dict[str, str]:
-    """The test's environment for a child: repo on the path, no stray OTLP settings."""
+    """A child's environment: repo importable, venv first on PATH, no stray OTel/Lungwatch
+    settings from the caller's shell (they would silently change what is tested or measured)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "LUNGWATCH_"))}
     env["PYTHONPATH"] = str(REPO_ROOT)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(overrides)
     return env
 
@@ -107,6 +134,11 @@ class ManagedProcess:
             raise AssertionError(f"{exc}\n--- {self.name} log ---\n{self.log_tail()}") from None
 
     @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was never started"
+        return self.proc.pid
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -124,6 +156,9 @@ class ManagedProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # e.g. the mlflow CLI does not always pass SIGTERM on: kill the whole tree
+                for child in process_tree([self.proc.pid])[1:]:
+                    child.kill()
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
@@ -133,6 +168,45 @@ class ManagedProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def process_tree(pids: Sequence[int]) -> list[psutil.Process]:
+    procs: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs.append(root)
+            procs.extend(root.children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    return procs
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User+system CPU of the process trees under pids (forked workers are children)."""
+    total = 0.0
+    for proc in process_tree(pids):
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def memory(pids: Sequence[int]) -> dict[str, int]:
+    """RSS summed over the trees (what the target uses), and PSS, which counts pages shared
+    by forked workers once, so the reader can see how much of the RSS sum is sharing."""
+    rss = pss = 0
+    count = 0
+    for proc in process_tree(pids):
+        try:
+            rss += proc.memory_info().rss
+            pss += getattr(proc.memory_full_info(), "pss", 0)
+            count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return {"rss_bytes": rss, "pss_bytes": pss, "processes": count}
 
 
 # --- the model ---------------------------------------------------------------------------
@@ -173,39 +247,59 @@ def train_model(workdir: Path, *extra_args: str) -> TrainedModel:
 
 
 def model_server(
-    model: TrainedModel, log_dir: Path, port: int | None = None, **env: str
+    model: TrainedModel,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    name: str = "model-server",
+    ready_timeout: float = 60.0,
+    extra_env: Mapping[str, str] | None = None,
+    **env: str,
 ) -> ManagedProcess:
     port = port or free_port()
+    env = {**(extra_env or {}), **env}
     return ManagedProcess(
-        "model-server",
+        name,
         [PYTHON, "-m", "model.serve"],
         env=base_env(
             MLFLOW_TRACKING_URI=model.tracking_uri,
-            LUNGWATCH_MODEL_URI=model.model_uri,
-            LUNGWATCH_MODEL_PORT=str(port),
+            LUNGWATCH_MODEL_SERVER_MODEL_URI=model.model_uri,
+            LUNGWATCH_MODEL_SERVER_PORT=str(port),
             OTEL_SERVICE_NAME="lungwatch-model-server",
             **env,
         ),
         cwd=model.workdir,
         log_dir=log_dir,
         ready_url=f"http://127.0.0.1:{port}/ping",
+        ready_timeout=ready_timeout,
         url=f"http://127.0.0.1:{port}",
     )
 
 
-def gateway(model_server_url: str, log_dir: Path, port: int | None = None, **env: str):
+def gateway(
+    model_server_url: str,
+    log_dir: Path,
+    *,
+    port: int | None = None,
+    name: str = "gateway",
+    ready_path: str = "/health",
+    extra_env: Mapping[str, str] | None = None,
+    **env: str,
+) -> ManagedProcess:
+    """The gateway; `ready_path="/ready"` also waits until it reaches its model server."""
     port = port or free_port()
+    env = {**(extra_env or {}), **env}
     return ManagedProcess(
-        "gateway",
+        name,
         [PYTHON, "-m", "api"],
         env=base_env(
-            LUNGWATCH_PORT=str(port),
-            LUNGWATCH_MODEL_SERVER_URL=model_server_url,
+            LUNGWATCH_GATEWAY_PORT=str(port),
+            LUNGWATCH_GATEWAY_MODEL_SERVER_URL=model_server_url,
             OTEL_SERVICE_NAME="lungwatch-gateway",
             **env,
         ),
         log_dir=log_dir,
-        ready_url=f"http://127.0.0.1:{port}/health",
+        ready_url=f"http://127.0.0.1:{port}{ready_path}",
         url=f"http://127.0.0.1:{port}",
     )
 
@@ -222,6 +316,8 @@ def otlp_env(endpoint: str) -> dict[str, str]:
 # --- Prometheus --------------------------------------------------------------------------
 def require_binary(name: str, *alternatives: str) -> str:
     """The path of a binary `make test` installs; skip outside CI, fail in CI."""
+    import pytest  # only tests ask for binaries; the benchmark must not need pytest
+
     for candidate in (name, *alternatives):
         path = shutil.which(candidate)
         if path:

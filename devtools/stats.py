@@ -1,4 +1,4 @@
-"""Pure statistics for the benchmark: percentiles, spread over rounds, within-round ratios.
+"""Statistics for tests and the benchmark: percentiles, spread over rounds, within-round ratios.
 
 No I/O and no heavy imports: the load-generator subprocess imports this module too.
 """

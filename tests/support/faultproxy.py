@@ -10,7 +10,7 @@ import asyncio
 import threading
 from dataclasses import dataclass
 
-from tests.support.procs import free_port
+from devtools.procs import free_port
 
 
 @dataclass

@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 
-from tests.support.procs import free_port
+from devtools.procs import free_port
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from bench.stats import (
+from devtools.stats import (
     Target,
     evaluate_target,
     latency_summary,
