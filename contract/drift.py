@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from model.features import FEATURES, Feature
+from contract.features import FEATURES, Feature
 
 AGE_EDGES = (20, 30, 40, 50, 60, 70)
 DRIFT_THRESHOLD = 0.25

@@ -1,20 +1,12 @@
-"""The 23 clinical features: names, dataset columns, accepted ranges (model and gateway)."""
+"""The 23 clinical features every process agrees on: names, dataset columns, accepted ranges."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATASET_PATH = REPO_ROOT / "data" / "cancer_patient_data_sets.csv"
 
 # The seed encoded Level as Low 0, Medium 1, High 2; clients still rely on it.
 LABELS: tuple[str, ...] = ("Low", "Medium", "High")
 TARGET_COLUMN = "Level"
-
-REGISTERED_MODEL_NAME = "lungwatch-risk"
-SERVING_ALIAS = "champion"
-DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{SERVING_ALIAS}"
 
 
 @dataclass(frozen=True)
@@ -82,15 +74,3 @@ EXAMPLE_FEATURES: tuple[int, ...] = (
     3,
     4,
 )
-
-
-def load_dataset(path: Path = DATASET_PATH):  # -> pandas.DataFrame (pandas imported lazily)
-    """The dataset with snake_case feature columns, `level` (0/1/2) and `patient_id`."""
-    import pandas as pd
-
-    raw = pd.read_csv(path)
-    frame = raw[[f.column for f in FEATURES]].rename(columns={f.column: f.name for f in FEATURES})
-    frame = frame.astype("int64")
-    frame["level"] = raw[TARGET_COLUMN].map({label: i for i, label in enumerate(LABELS)})
-    frame["patient_id"] = raw["Patient Id"]
-    return frame

@@ -1,62 +1,169 @@
-"""Every gateway setting, from LUNGWATCH_* environment variables (OTEL_* are the SDK's)."""
+"""Every setting of every Lungwatch server, in one place: one class per process, one default each.
+
+A field `x` of `GatewaySettings` is read from `LUNGWATCH_GATEWAY_<FIELD>`, one of
+`ModelServerSettings` from `LUNGWATCH_MODEL_SERVER_<FIELD>`. Telemetry is configured by the standard
+`OTEL_*` variables, which the OpenTelemetry SDK reads itself. The README's configuration
+tables are generated from these classes (`python -m contract.settings`) and a test keeps them
+in sync, so a field's description below is the one users read.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The MLflow registry entry the model server loads unless told otherwise (`make run`, compose).
+REGISTERED_MODEL_NAME = "lungwatch-risk"
+SERVING_ALIAS = "champion"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{SERVING_ALIAS}"
 
-class Settings(BaseSettings):
-    """Field `x` is read from `LUNGWATCH_X`."""
 
-    model_config = SettingsConfigDict(env_prefix="LUNGWATCH_", protected_namespaces=())
+class GatewaySettings(BaseSettings):
+    """The gateway (`python -m api`)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    model_server_url: str = "http://127.0.0.1:8080"
-    # Deadlines towards the model server. Connect fails fast (a refused or unroutable
-    # server should not hold a client for the full request timeout); the request timeout
-    # bounds a slow inference, so no request waits forever.
-    model_connect_timeout_seconds: float = Field(1.0, gt=0)
-    model_timeout_seconds: float = Field(5.0, gt=0)
-    # Pooled keep-alive connections to the model server.
-    model_max_connections: int = Field(64, ge=1)
-    # Rows accepted by /predict/batch in one call (413-free: larger batches get a 422).
-    max_batch_rows: int = Field(100, ge=1, le=10_000)
-    # Readiness probe cache, so a busy /ready does not hammer the model server.
-    ready_cache_seconds: float = Field(1.0, ge=0)
-    # Hostile or accidental input: bodies beyond this are refused with a 413 before parsing.
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    # Prediction requests in flight at once; beyond it a quick 503 `overloaded` (0: no limit).
-    max_in_flight: int = Field(64, ge=0)
-    # Circuit breaker: after this many consecutive model-server failures, fail fast for
-    # `circuit_reset_seconds`, then let one probe through (0 turns the breaker off).
-    circuit_failure_threshold: int = Field(5, ge=0)
-    circuit_reset_seconds: float = Field(5.0, gt=0)
-    # Comma-separated API keys for the prediction endpoints; empty means no auth (the local
-    # default). Compared in constant time; never logged.
-    api_keys: str = Field("", repr=False)
-    # Serve /metrics on this separate port instead of the API port (unset: on the API port).
-    metrics_port: int | None = Field(None, ge=1, le=65535)
-    # Micro-batching (api/batching.py): concurrent predictions share model-server calls of
-    # up to `max_batch` rows. A request is sent at once while fewer than
-    # `batch_max_concurrency` calls are in flight; otherwise it waits for a free slot, a
-    # full batch, or `batch_wait_ms`, whichever comes first.
-    batching: bool = True
-    max_batch: int = Field(32, ge=1, le=1024)
-    batch_wait_ms: float = Field(20.0, ge=0)
-    batch_max_concurrency: int = Field(2, ge=1)
-    # Model monitoring: drift over the last N input rows, recomputed every few seconds off
-    # the request path; online accuracy over the last N predictions that got feedback.
-    drift_window_rows: int = Field(1000, ge=10)
-    drift_interval_seconds: float = Field(5.0, gt=0)
-    feedback_window: int = Field(1000, ge=1)
-    # Predictions awaiting feedback: at most this many, for at most this long (then 404).
-    feedback_max_pending: int = Field(100_000, ge=1)
-    feedback_ttl_seconds: float = Field(3600.0, gt=0)
-    log_level: str = "info"
-    graceful_shutdown_seconds: float = Field(10.0, ge=0)
+    model_config = SettingsConfigDict(env_prefix="LUNGWATCH_GATEWAY_", protected_namespaces=())
+
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the API (and of /metrics).")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this separate port instead (unset: on the API port).",
+    )
+    log_level: str = Field("info", description="Log level of the JSON log lines.")
+    graceful_shutdown_seconds: float = Field(
+        10.0, ge=0, description="After SIGTERM, how long in-flight requests may take to finish."
+    )
+    model_server_url: str = Field(
+        "http://127.0.0.1:8080", description="Base URL of the model server."
+    )
+    # Connect fails fast (a refused or unroutable server should not hold a client for the
+    # whole request timeout); the request timeout bounds a slow inference.
+    model_server_connect_timeout_seconds: float = Field(
+        1.0, gt=0, description="Deadline to open a connection to the model server."
+    )
+    model_server_timeout_seconds: float = Field(
+        5.0, gt=0, description="Deadline of one whole model-server call (then 504)."
+    )
+    model_server_max_connections: int = Field(
+        64, ge=1, description="Pooled keep-alive connections to the model server."
+    )
+    predict_batch_max_rows: int = Field(
+        100, ge=1, le=10_000, description="Rows accepted by one /predict/batch request (else 422)."
+    )
+    ready_cache_seconds: float = Field(
+        1.0, ge=0, description="How long /ready reuses its last model-server check."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Larger request bodies are refused with 413 unread."
+    )
+    max_in_flight: int = Field(
+        64, ge=0, description="Prediction requests in flight at once; beyond: 503 (0: no limit)."
+    )
+    circuit_failure_threshold: int = Field(
+        5,
+        ge=0,
+        description="Consecutive model-server failures that open the circuit (0: no breaker).",
+    )
+    circuit_reset_seconds: float = Field(
+        5.0, gt=0, description="How long an open circuit fails fast before one probe call."
+    )
+    api_keys: str = Field(
+        "",
+        repr=False,
+        description="Comma-separated API keys for /predict*, /feedback (empty: no auth).",
+    )
+    batching: bool = Field(True, description="Let concurrent predictions share model calls.")
+    batch_max_rows: int = Field(
+        32, ge=1, le=1024, description="Rows in one model-server call under batching."
+    )
+    batch_max_wait_ms: float = Field(
+        20.0, ge=0, description="Longest a request waits for others to share its call."
+    )
+    batch_max_calls_in_flight: int = Field(
+        2, ge=1, description="Model calls in flight before requests start to wait and merge."
+    )
+    drift_window_rows: int = Field(
+        1000, ge=10, description="Drift is measured over the last this many input rows."
+    )
+    drift_interval_seconds: float = Field(
+        5.0, gt=0, description="How often drift is recomputed (off the request path)."
+    )
+    feedback_window: int = Field(
+        1000, ge=1, description="Online accuracy over the last this many feedbacks."
+    )
+    feedback_max_pending: int = Field(
+        100_000, ge=1, description="Predictions remembered for feedback (oldest dropped)."
+    )
+    feedback_ttl_seconds: float = Field(
+        3600.0, gt=0, description="How long a prediction accepts feedback (then 404)."
+    )
 
     @property
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+
+class ModelServerSettings(BaseSettings):
+    """The model server (`python -m model.serve`)."""
+
+    model_config = SettingsConfigDict(env_prefix="LUNGWATCH_MODEL_SERVER_", protected_namespaces=())
+
+    model_uri: str = Field(DEFAULT_MODEL_URI, description="MLflow URI of the model to serve.")
+    host: str = Field("127.0.0.1", description="Address the model server listens on.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the model server.")
+    log_level: str = Field("info", description="Log level of the JSON log lines.")
+    graceful_shutdown_seconds: float = Field(
+        10.0, ge=0, description="After SIGTERM, how long in-flight requests may take to finish."
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="Worker processes sharing the port (the model loaded once)."
+    )
+    metrics_port: int = Field(
+        9180,
+        ge=1,
+        le=65535,
+        description="With several workers, worker i serves its own /metrics on this port + i.",
+    )
+
+
+# The defaults alone, without reading the environment: the one source of a default for the
+# classes that take a setting as a constructor argument (batcher, feedback store, ...).
+GATEWAY_DEFAULTS = GatewaySettings.model_construct()
+
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (GatewaySettings, ModelServerSettings)
+
+
+def env_name(settings_class: type[BaseSettings], field: str) -> str:
+    return f"{settings_class.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value == "":
+        return "empty"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(settings_class: type[BaseSettings]) -> str:
+    """The README's table of one class: variable, default, meaning."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in settings_class.model_fields.items():
+        lines.append(
+            f"| `{env_name(settings_class, name)}` | `{_default(field.default)}` "
+            f"| {field.description} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for cls in SETTINGS_CLASSES:
+        print(f"{(cls.__doc__ or cls.__name__).strip()}\n\n{markdown_table(cls)}\n")
+    sys.exit(0)

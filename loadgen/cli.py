@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--url",
-        default=os.environ.get("LUNGWATCH_URL", DEFAULT_URL),
-        help="gateway base URL (default: $LUNGWATCH_URL or %(default)s)",
+        default=os.environ.get("LUNGWATCH_LOADGEN_URL", DEFAULT_URL),
+        help="gateway base URL (default: $LUNGWATCH_LOADGEN_URL or %(default)s)",
     )
 
     load = p.add_argument_group("load shape (one of; default --rate 10 --duration 10s)")

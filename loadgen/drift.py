@@ -13,8 +13,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contract.features import FEATURE_NAMES, FEATURES
 from loadgen.payloads import LabelledRow, RowSource
-from model.features import FEATURE_NAMES, FEATURES
 
 _INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from contract.features import LABELS
 from loadgen.stats import CONNECTION, OTHER, TIMEOUT, Outcome
-from model.features import LABELS
 
 FEEDBACK = "/feedback"
 _HEADERS = {"content-type": "application/json"}

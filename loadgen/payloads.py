@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.features import FEATURE_NAMES, FEATURES, N_FEATURES
+from contract.dataset import DATASET_PATH, read_rows
+from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict/batch"
@@ -59,15 +60,7 @@ class RowSource:
 
 
 def load_rows(path: Path | None = None) -> list[LabelledRow]:
-    from model.features import load_dataset
-
-    frame = load_dataset(path) if path is not None else load_dataset()
-    features = frame[list(FEATURE_NAMES)].to_numpy().tolist()
-    labels = frame["level"].tolist()
-    return [
-        LabelledRow(tuple(int(v) for v in row), int(label))
-        for row, label in zip(features, labels, strict=True)
-    ]
+    return [LabelledRow(row.features, row.level) for row in read_rows(path or DATASET_PATH)]
 
 
 @dataclass(frozen=True)

@@ -208,8 +208,8 @@ async def run(
     # One connection per possible in-flight request: a smaller pool would queue silently.
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     # trust_env=False: a proxy from the environment must not sit between loadgen and the gateway.
-    # With API keys on the gateway (compose), LUNGWATCH_API_KEY is sent on every call.
-    api_key = os.environ.get("LUNGWATCH_API_KEY", "")
+    # With API keys on the gateway (compose), LUNGWATCH_LOADGEN_API_KEY is sent on every call.
+    api_key = os.environ.get("LUNGWATCH_LOADGEN_API_KEY", "")
     headers = {"X-API-Key": api_key} if api_key else None
     async with httpx.AsyncClient(
         base_url=url,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from model.features import FEATURE_NAMES, LABELS
+from contract.features import FEATURE_NAMES, LABELS
 
 
 class RiskModel(PythonModel):

@@ -1,6 +1,6 @@
 """The model server: MLflow's own scoring app serving the registered model, instrumented.
 
-    python -m model.serve  # LUNGWATCH_MODEL_URI, LUNGWATCH_MODEL_HOST/PORT, MLFLOW_TRACKING_URI
+    python -m model.serve  # LUNGWATCH_MODEL_SERVER_* (contract.settings), MLFLOW_TRACKING_URI
 
 Adds to MLflow's app (routes /ping, /health, /version, /invocations): OTel server spans that
 join the caller's trace (W3C traceparent), a `model.predict` span and the
@@ -25,34 +25,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from opentelemetry.metrics import Observation
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.features import DEFAULT_MODEL_URI
+from contract.server import run_uvicorn
+from contract.settings import ModelServerSettings
+from contract.wire import MODEL_VERSION_HEADER
+from model.registry import REFERENCE_ARTIFACT, tracking_uri
 from telemetry import Telemetry, build_telemetry
 from telemetry import instruments as ins
 
 log = logging.getLogger("model.serve")
 
 SERVICE_NAME = "lungwatch-model-server"
-MODEL_VERSION_HEADER = "x-model-version"
-
-
-class ModelServerSettings(BaseSettings):
-    """Environment variables of the model server (names are the fields, upper-cased)."""
-
-    model_config = SettingsConfigDict(env_prefix="LUNGWATCH_MODEL_", protected_namespaces=())
-
-    uri: str = DEFAULT_MODEL_URI  # LUNGWATCH_MODEL_URI
-    host: str = "127.0.0.1"  # LUNGWATCH_MODEL_HOST
-    port: int = 8080  # LUNGWATCH_MODEL_PORT
-    log_level: str = "info"  # LUNGWATCH_MODEL_LOG_LEVEL
-    # Seconds uvicorn waits for in-flight requests after SIGTERM before closing them.
-    graceful_shutdown_seconds: float = 10.0
-    # Worker processes sharing the port (LUNGWATCH_MODEL_WORKERS). With more than one,
-    # worker i also serves its own /metrics on metrics_port + i (scrape each one).
-    workers: int = Field(1, ge=1, le=64)
-    metrics_port: int = Field(9180, ge=1, le=65535)  # LUNGWATCH_MODEL_METRICS_PORT
 
 
 @dataclass(frozen=True)
@@ -85,8 +68,6 @@ def load_reference(info: ModelInfo) -> dict[str, Any] | None:
     if not info.run_id:
         return None
     from mlflow.artifacts import load_dict
-
-    from model.train import REFERENCE_ARTIFACT
 
     try:
         reference: dict[str, Any] = load_dict(f"runs:/{info.run_id}/{REFERENCE_ARTIFACT}")
@@ -131,8 +112,6 @@ def create_model_server_app(
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
 
-    from model.train import tracking_uri
-
     # The same default store as training, so `make run` finds what it registered.
     mlflow.set_tracking_uri(tracking_uri())
     info = resolve_model_info(model_uri)
@@ -175,45 +154,13 @@ def create_model_server_app(
     return app
 
 
-def run_uvicorn(
-    app: Any,
-    host: str,
-    port: int,
-    graceful_shutdown_seconds: float,
-    sock: socket.socket | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT, finish in-flight requests, then return (exit code 0).
-
-    uvicorn handles the signal gracefully, then re-raises it with the handler that was
-    installed before it started, so the process would die "by SIGTERM" (exit -15); this
-    handler turns that into a normal exit once the graceful shutdown is done. `sock` is a
-    listening socket shared by several worker processes.
-    """
-    import uvicorn
-
-    def exit_cleanly(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, exit_cleanly)
-    signal.signal(signal.SIGINT, exit_cleanly)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(graceful_shutdown_seconds),
-    )
-    uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
-
-
 def serve_one(settings: ModelServerSettings, pyfunc_model: Any = None, worker: int | None = None,
               sock: socket.socket | None = None) -> None:  # fmt: skip
     """One serving process. Telemetry is built here, after any fork: the SDK's export
     threads and its Prometheus registry are per process."""
     telemetry = build_telemetry(SERVICE_NAME)
     try:
-        app = create_model_server_app(settings.uri, telemetry, pyfunc_model=pyfunc_model)
+        app = create_model_server_app(settings.model_uri, telemetry, pyfunc_model=pyfunc_model)
         if worker is not None:
             # A scrape of the shared port reaches a random worker; each worker's own
             # numbers are on a port of its own, which Prometheus scrapes one by one.
@@ -232,10 +179,8 @@ def serve_workers(settings: ModelServerSettings) -> int:
     import mlflow
     import mlflow.pyfunc
 
-    from model.train import tracking_uri
-
     mlflow.set_tracking_uri(tracking_uri())
-    pyfunc_model = mlflow.pyfunc.load_model(settings.uri)
+    pyfunc_model = mlflow.pyfunc.load_model(settings.model_uri)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -22,25 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from model.drift import bin_counts
-from model.features import (
-    FEATURE_NAMES,
-    LABELS,
-    REGISTERED_MODEL_NAME,
-    REPO_ROOT,
-    SERVING_ALIAS,
-    load_dataset,
-)
+from contract.dataset import REPO_ROOT
+from contract.drift import bin_counts
+from contract.features import FEATURE_NAMES, LABELS
+from contract.settings import REGISTERED_MODEL_NAME, SERVING_ALIAS
+from model.dataset import load_dataset
+from model.registry import EXPERIMENT_NAME, REFERENCE_ARTIFACT, tracking_uri
 
 log = logging.getLogger("model.train")
-
-DEFAULT_TRACKING_URI = f"sqlite:///{REPO_ROOT / 'mlruns.db'}"
-EXPERIMENT_NAME = "lungwatch-risk"
-REFERENCE_ARTIFACT = "reference_distribution.json"  # in the run that produced the model
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 @dataclass
@@ -156,9 +144,10 @@ def train(classifier: str = "forest", seed: int = 42, test_size: float = 0.25) -
             info = mlflow.pyfunc.log_model(
                 name="model",
                 # Models from code: MLflow runs this file at load time instead of
-                # unpickling a class; the `model` package ships inside the artifact.
+                # unpickling a class; the `model` and `contract` packages ship inside the
+                # artifact, so the model loads wherever MLflow runs it.
                 python_model=str(REPO_ROOT / "model" / "pyfunc_entry.py"),
-                code_paths=[str(REPO_ROOT / "model")],
+                code_paths=[str(REPO_ROOT / "model"), str(REPO_ROOT / "contract")],
                 artifacts={"pipeline": str(pipeline_path)},
                 signature=signature,
                 input_example=example,

@@ -1,8 +1,9 @@
 """`make run`: the model server and the gateway on this machine, stopped together by Ctrl-C.
 
-Ports and URLs come from the usual variables: LUNGWATCH_MODEL_PORT (8080), LUNGWATCH_PORT
-(8000), LUNGWATCH_HOST / LUNGWATCH_MODEL_HOST (127.0.0.1). The gateway is pointed at the
-model server it starts unless LUNGWATCH_MODEL_SERVER_URL says otherwise.
+Ports and URLs come from the usual variables: LUNGWATCH_MODEL_SERVER_PORT (8080),
+LUNGWATCH_GATEWAY_PORT (8000), LUNGWATCH_GATEWAY_HOST / LUNGWATCH_MODEL_SERVER_HOST (127.0.0.1).
+The gateway is pointed at the model server it starts unless LUNGWATCH_GATEWAY_MODEL_SERVER_URL
+says otherwise.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ def main() -> int:
     # Each process names itself (lungwatch-gateway, lungwatch-model-server); one shared
     # OTEL_SERVICE_NAME would merge both into one service in every backend.
     env.pop("OTEL_SERVICE_NAME", None)
-    model_host = env.setdefault("LUNGWATCH_MODEL_HOST", "127.0.0.1")
-    model_port = env.setdefault("LUNGWATCH_MODEL_PORT", "8080")
-    host = env.setdefault("LUNGWATCH_HOST", "127.0.0.1")
-    port = env.setdefault("LUNGWATCH_PORT", "8000")
-    model_url = env.setdefault("LUNGWATCH_MODEL_SERVER_URL", f"http://{model_host}:{model_port}")
+    model_host = env.setdefault("LUNGWATCH_MODEL_SERVER_HOST", "127.0.0.1")
+    model_port = env.setdefault("LUNGWATCH_MODEL_SERVER_PORT", "8080")
+    host = env.setdefault("LUNGWATCH_GATEWAY_HOST", "127.0.0.1")
+    port = env.setdefault("LUNGWATCH_GATEWAY_PORT", "8000")
+    model_url = env.setdefault(
+        "LUNGWATCH_GATEWAY_MODEL_SERVER_URL", f"http://{model_host}:{model_port}"
+    )
     gateway_url = f"http://{host}:{port}"
 
     children: list[subprocess.Popen[bytes]] = []

@@ -29,23 +29,26 @@ from opentelemetry.sdk.trace.export import (
 )
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 
-# The FastAPI/httpx instrumentations read this once, at first use: the stable HTTP
-# semantic conventions give `http_server_request_duration_seconds` in seconds.
-os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
-# The SDK's own health metrics (spans processed/dropped by the batch processor, exports
-# failed): with a backend down they show what is being dropped, on /metrics.
-os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
-
-# A down backend makes these log every failed batch or dropped span; ReportingExporter logs
-# the transitions instead (failing / recovered) and the SDK metrics count the rest.
-for _noisy in (
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.sdk._shared_internal",
-):
-    logging.getLogger(_noisy).setLevel(logging.CRITICAL)
-
 log = logging.getLogger(__name__)
+
+
+def _process_defaults() -> None:
+    """Defaults for this process's OTel libraries, set when telemetry is built (never at
+    import), each overridable by the same variable in the environment."""
+    # The FastAPI/httpx instrumentations read this once, at first use: the stable HTTP
+    # semantic conventions give `http_server_request_duration_seconds` in seconds.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    # The SDK's own health metrics (spans processed/dropped by the batch processor, exports
+    # failed): with a backend down they show what is being dropped, on /metrics.
+    os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    # A down backend makes these log every failed batch or dropped span; ReportingExporter
+    # logs the transitions instead (failing / recovered) and the SDK metrics count the rest.
+    for noisy in (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "opentelemetry.sdk._shared_internal",
+    ):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
 def _otlp_wanted(signal: str) -> bool:
@@ -164,6 +167,7 @@ def build_telemetry(
     `span_exporter` and `metric_readers` are for tests (in-memory); spans given to an
     injected exporter are handed over synchronously so a test sees them at once.
     """
+    _process_defaults()
     service_name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
     # service.instance.id lets the Collector set a distinct `instance` per process.
     resource = Resource.create(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.procs import require_binary
 from tests.config import stack_files
-from tests.support.procs import require_binary
 
 TEMPLATE = stack_files.ALERTMANAGER_DIR / "alertmanager.yml.tmpl"
 RENDER = stack_files.ALERTMANAGER_DIR / "render-config.sh"

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from api.settings import Settings
-from model.drift import DRIFT_THRESHOLD
+from contract.drift import DRIFT_THRESHOLD
+from contract.settings import GatewaySettings
 from telemetry import instruments as ins
 from tests.config import stack_files
 
 MODEL_DASHBOARD = next(d for _, d in stack_files.dashboards() if d["uid"] == "lungwatch-model")
 ALERTS = {rule.name: rule for rule in stack_files.rules() if rule.is_alert}
-SETTINGS_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+SETTINGS_DEFAULTS = {name: field.default for name, field in GatewaySettings.model_fields.items()}
 
 
 def _dashboard_metric_names() -> set[str]:

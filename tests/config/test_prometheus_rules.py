@@ -1,7 +1,7 @@
 """prometheus.yml and the SLO/alert rules: promtool checks, rule unit tests, conventions.
 
 promtool runs for real: outside CI a missing promtool skips these tests, in CI it fails them
-(tests.support.procs.require_binary).
+(devtools.procs.require_binary).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.procs import require_binary
 from telemetry import instruments as ins
 from tests.config import stack_files
-from tests.support.procs import require_binary
 
 RULE_FILES = stack_files.rule_files()
 RULE_TESTS = sorted(stack_files.RULE_TESTS_DIR.glob("*.test.yml"))

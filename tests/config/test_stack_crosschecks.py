@@ -204,12 +204,12 @@ def _dockerfile_env(service: str, variable: str) -> str:
 
 def test_prometheus_scrapes_the_apps_directly_where_they_listen() -> None:
     targets = _scrape_targets()
-    gateway_port = _dockerfile_env("gateway", "LUNGWATCH_PORT")
-    model_port = _dockerfile_env("model-server", "LUNGWATCH_MODEL_PORT")
+    gateway_port = _dockerfile_env("gateway", "LUNGWATCH_GATEWAY_PORT")
+    model_port = _dockerfile_env("model-server", "LUNGWATCH_MODEL_SERVER_PORT")
     # Job names are the OTel service names, as the Collector's job label is.
     assert targets["lungwatch-gateway"] == [f"gateway:{gateway_port}"]
     assert targets["lungwatch-model-server"] == [f"model-server:{model_port}"]
-    model_url = SERVICES["gateway"]["environment"]["LUNGWATCH_MODEL_SERVER_URL"]
+    model_url = SERVICES["gateway"]["environment"]["LUNGWATCH_GATEWAY_MODEL_SERVER_URL"]
     assert host_port(model_url) == ("model-server", int(model_port))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import procs
+from devtools import procs
 from tests.support.otlp import OtlpReceiver
 
 
@@ -80,8 +80,8 @@ def stack(
     logs = integration_dir / "logs"
     logs.mkdir(exist_ok=True)
     otlp = procs.otlp_env(otlp_receiver.endpoint)
-    model_server = procs.model_server(trained_model, logs, **otlp).start()
-    gateway = procs.gateway(model_server.url, logs, **otlp).start()
+    model_server = procs.model_server(trained_model, logs, extra_env=otlp).start()
+    gateway = procs.gateway(model_server.url, logs, extra_env=otlp).start()
     hostport = {p.name: p.url.removeprefix("http://") for p in (model_server, gateway)}
     prometheus = procs.prometheus(
         integration_dir / "prometheus",

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from model.features import FEATURE_NAMES, load_dataset
+from contract.features import FEATURE_NAMES
+from devtools import procs
+from model.dataset import load_dataset
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 
 def rows(n: int) -> list[list[int]]:
@@ -35,9 +36,11 @@ def metric(url: str, name: str) -> float:
 
 def test_batched_and_unbatched_answers_are_identical(stack: Stack, spawn: Spawn) -> None:
     logs = stack.workdir / "logs"
-    unbatched = spawn(procs.gateway(stack.model_server_url, logs, LUNGWATCH_BATCHING="false"))
+    unbatched = spawn(
+        procs.gateway(stack.model_server_url, logs, LUNGWATCH_GATEWAY_BATCHING="false")
+    )
     batched = spawn(
-        procs.gateway(stack.model_server_url, logs, LUNGWATCH_BATCH_MAX_CONCURRENCY="1")
+        procs.gateway(stack.model_server_url, logs, LUNGWATCH_GATEWAY_BATCH_MAX_CALLS_IN_FLIGHT="1")
     )
     data = rows(80)
     assert answers(batched.url, data) == answers(unbatched.url, data)
@@ -57,11 +60,11 @@ def test_two_model_server_workers_report_exact_totals_to_prometheus(
         procs.model_server(
             stack.model,
             logs,
-            LUNGWATCH_MODEL_WORKERS="2",
-            LUNGWATCH_MODEL_METRICS_PORT=str(metrics_port),
+            LUNGWATCH_MODEL_SERVER_WORKERS="2",
+            LUNGWATCH_MODEL_SERVER_METRICS_PORT=str(metrics_port),
         )
     )
-    gateway = spawn(procs.gateway(model_server.url, logs, LUNGWATCH_BATCHING="false"))
+    gateway = spawn(procs.gateway(model_server.url, logs, LUNGWATCH_GATEWAY_BATCHING="false"))
     worker_targets = [f"127.0.0.1:{metrics_port}", f"127.0.0.1:{second_port}"]
     prometheus = spawn(
         procs.prometheus(stack.workdir / "prom-workers", {"lungwatch-model-server": worker_targets})

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES
+from devtools import procs
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 from tests.support.faultproxy import FaultProxy
 
 BODY = {"features": list(EXAMPLE_FEATURES)}
@@ -33,12 +33,12 @@ def proxy(stack: Stack) -> Iterator[FaultProxy]:
 
 def gateway_via(proxy: FaultProxy, stack: Stack, spawn: Spawn, **env: str) -> procs.ManagedProcess:
     settings = {
-        "LUNGWATCH_MODEL_TIMEOUT_SECONDS": "1.0",
-        "LUNGWATCH_CIRCUIT_FAILURE_THRESHOLD": "0",
+        "LUNGWATCH_GATEWAY_MODEL_SERVER_TIMEOUT_SECONDS": "1.0",
+        "LUNGWATCH_GATEWAY_CIRCUIT_FAILURE_THRESHOLD": "0",
         **procs.otlp_env(stack.otlp.endpoint),
         **env,
     }
-    return spawn(procs.gateway(proxy.url, stack.workdir / "logs", **settings))
+    return spawn(procs.gateway(proxy.url, stack.workdir / "logs", extra_env=settings))
 
 
 def metric_sum(gateway_url: str, name: str, **labels: str) -> float:
@@ -136,8 +136,8 @@ def test_circuit_breaker_fails_fast_then_probes_and_recovers(
         proxy,
         stack,
         spawn,
-        LUNGWATCH_CIRCUIT_FAILURE_THRESHOLD="3",
-        LUNGWATCH_CIRCUIT_RESET_SECONDS="2",
+        LUNGWATCH_GATEWAY_CIRCUIT_FAILURE_THRESHOLD="3",
+        LUNGWATCH_GATEWAY_CIRCUIT_RESET_SECONDS="2",
     )
     proxy.set("blackhole")
     for _ in range(3):
@@ -163,7 +163,11 @@ def test_in_flight_limit_answers_503_at_once_and_counts_it(
     stack: Stack, spawn: Spawn, proxy: FaultProxy
 ) -> None:
     gateway = gateway_via(
-        proxy, stack, spawn, LUNGWATCH_MAX_IN_FLIGHT="2", LUNGWATCH_MODEL_TIMEOUT_SECONDS="5"
+        proxy,
+        stack,
+        spawn,
+        LUNGWATCH_GATEWAY_MAX_IN_FLIGHT="2",
+        LUNGWATCH_GATEWAY_MODEL_SERVER_TIMEOUT_SECONDS="5",
     )
     proxy.set("delay", delay=1.5)
     with ThreadPoolExecutor(8) as pool:
@@ -181,7 +185,7 @@ def test_in_flight_limit_answers_503_at_once_and_counts_it(
 def test_sigterm_finishes_in_flight_requests_flushes_spans_and_exits_0(
     stack: Stack, spawn: Spawn, proxy: FaultProxy
 ) -> None:
-    gateway = gateway_via(proxy, stack, spawn, LUNGWATCH_MODEL_TIMEOUT_SECONDS="5")
+    gateway = gateway_via(proxy, stack, spawn, LUNGWATCH_GATEWAY_MODEL_SERVER_TIMEOUT_SECONDS="5")
     proxy.set("delay", delay=1.5)
     result: list[httpx.Response] = []
     sender = threading.Thread(target=lambda: result.append(timed_post(gateway.url)[0]))
@@ -273,7 +277,9 @@ def test_no_patient_value_reaches_spans_logs_or_labels(stack: Stack, spawn: Spaw
     """Distinctive values go in; nothing exported may contain them."""
     gateway = spawn(
         procs.gateway(
-            stack.model_server_url, stack.workdir / "logs", **procs.otlp_env(stack.otlp.endpoint)
+            stack.model_server_url,
+            stack.workdir / "logs",
+            extra_env=procs.otlp_env(stack.otlp.endpoint),
         )
     )
     # Age 97 and an unusual profile; the invalid one carries a marker string too.

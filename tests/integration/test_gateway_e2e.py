@@ -8,10 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS, load_dataset
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS
+from devtools import procs
+from model.dataset import load_dataset
 from telemetry.instruments import CONTRACT, Kind
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
 
@@ -189,8 +190,8 @@ def test_model_server_down_gives_fast_503_and_not_ready_then_recovers(
         procs.gateway(
             model_server.url,
             logs,
-            LUNGWATCH_MODEL_TIMEOUT_SECONDS=str(timeout),
-            LUNGWATCH_READY_CACHE_SECONDS="0",
+            LUNGWATCH_GATEWAY_MODEL_SERVER_TIMEOUT_SECONDS=str(timeout),
+            LUNGWATCH_GATEWAY_READY_CACHE_SECONDS="0",
         )
     )
     body = {"features": list(EXAMPLE_FEATURES)}

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from devtools import procs
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 GATEWAY_JOB = 'job="lungwatch-gateway"'
 

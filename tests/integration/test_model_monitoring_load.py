@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from model.features import FEATURE_NAMES
+from contract.features import FEATURE_NAMES
+from devtools import procs
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 GATEWAY_JOB = 'job="lungwatch-gateway"'
 DRIFT_INTERVAL = 0.5  # seconds between the gateway's drift recomputations (default 5)
@@ -93,8 +93,8 @@ def test_drift_stays_low_for_training_rows_and_rises_for_shifted_ones(
         procs.gateway(
             stack.model_server_url,
             tmp_path,
-            LUNGWATCH_DRIFT_INTERVAL_SECONDS=str(DRIFT_INTERVAL),
-            LUNGWATCH_DRIFT_WINDOW_ROWS="1000",
+            LUNGWATCH_GATEWAY_DRIFT_INTERVAL_SECONDS=str(DRIFT_INTERVAL),
+            LUNGWATCH_GATEWAY_DRIFT_WINDOW_ROWS="1000",
         )
     )
     # 1000 dataset rows in batches of 25: the window is full of the training distribution.

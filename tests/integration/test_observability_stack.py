@@ -30,10 +30,11 @@ import httpx
 import pytest
 import yaml
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS, load_dataset
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS
+from devtools import procs
+from model.dataset import load_dataset
 from tests.config import stack_files
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 RULE_FILES = stack_files.rule_files()
 # What Grafana would send: $__rate_interval is at least 4 scrape intervals (1 s here).
@@ -157,7 +158,7 @@ def test_every_dashboard_and_rule_query_returns_data(
         wait_for_fresh_scrape(prometheus.url)
     send_feedback(stack.gateway_url, send_traffic(stack.gateway_url))
     # The drift gauges appear once the gateway has fetched the training reference from the
-    # model server and computed the scores (every LUNGWATCH_DRIFT_INTERVAL_SECONDS, 5 s).
+    # model server and computed the scores (every LUNGWATCH_GATEWAY_DRIFT_INTERVAL_SECONDS, 5 s).
     wait_for_gateway_metric(stack.gateway_url, "model_drift_score")
     for _ in range(3):
         wait_for_fresh_scrape(prometheus.url)

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import psutil
 
-from model.features import EXAMPLE_FEATURES
+from contract.features import EXAMPLE_FEATURES
+from devtools import procs
 from tests.integration.conftest import Spawn, Stack
-from tests.support import procs
 
 GATEWAY_JOB = 'job="lungwatch-gateway"'
 MIB = 1024 * 1024
@@ -109,10 +109,10 @@ def test_model_server_restarted_mid_load_every_request_answered_and_reconciled(
     gateway = procs.gateway(
         model_server.url,
         logs,
-        LUNGWATCH_MODEL_TIMEOUT_SECONDS="2",
+        LUNGWATCH_GATEWAY_MODEL_SERVER_TIMEOUT_SECONDS="2",
         # Default threshold (5 failures), a short cooldown: the half-open probe finds the
         # restarted model server within about a second of it being back.
-        LUNGWATCH_CIRCUIT_RESET_SECONDS="1",
+        LUNGWATCH_GATEWAY_CIRCUIT_RESET_SECONDS="1",
     )
     prometheus = procs.prometheus(
         tmp_path / "prometheus", {"lungwatch-gateway": [gateway.url.removeprefix("http://")]}

@@ -12,9 +12,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from api.app import create_app
 from api.model_client import ModelAnswer, ModelServerError, RowPrediction
-from api.settings import Settings
-from model.drift import bin_counts
-from model.features import FEATURE_NAMES, load_dataset
+from contract.drift import bin_counts
+from contract.features import FEATURE_NAMES
+from contract.settings import GatewaySettings
+from model.dataset import load_dataset
 from telemetry import Telemetry, build_telemetry
 
 
@@ -62,7 +63,7 @@ def gateway() -> Iterator[App]:
     reader = InMemoryMetricReader()
     telemetry = build_telemetry("lungwatch-gateway", span_exporter=spans, metric_readers=[reader])
     model = ScriptedModelClient()
-    settings = Settings(max_batch_rows=5, drift_interval_seconds=0.05)
+    settings = GatewaySettings(predict_batch_max_rows=5, drift_interval_seconds=0.05)
     app = create_app(settings, telemetry=telemetry, model_client=model)  # type: ignore[arg-type]
     with TestClient(app) as client:
         yield App(client, model, telemetry, spans, reader)

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from api.app import create_app
 from api.batching import MicroBatcher
 from api.model_client import ModelAnswer, ModelUnavailable, RowPrediction
-from api.settings import Settings
-from model.features import EXAMPLE_FEATURES
+from contract.features import EXAMPLE_FEATURES
+from contract.settings import GatewaySettings
 from telemetry import build_telemetry
 from tests.unit.test_gateway import counter_values
 
@@ -46,7 +46,24 @@ class SlowModel:
             self.in_flight -= 1
 
 
-def batcher(model: SlowModel, **kwargs: object) -> tuple[MicroBatcher, InMemorySpanExporter]:
+class GatedModel:
+    """Answers only once the test opens `gate`: the test, not a timer, decides when calls end."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.calls: list[int] = []
+
+    async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+        self.calls.append(len(rows))
+        self.entered.set()
+        await self.gate.wait()
+        return ModelAnswer([RowPrediction(0, "Low", (0.6, 0.3, 0.1)) for _ in rows], "1")
+
+
+def batcher(
+    model: SlowModel | GatedModel, **kwargs: object
+) -> tuple[MicroBatcher, InMemorySpanExporter]:
     spans = InMemorySpanExporter()
     telemetry = build_telemetry("unit", span_exporter=spans)
     return MicroBatcher(model, telemetry, **kwargs), spans  # type: ignore[arg-type]
@@ -68,7 +85,7 @@ def test_a_lone_request_is_sent_at_once() -> None:
 
 def test_concurrent_requests_share_calls_and_never_exceed_max_batch() -> None:
     model = SlowModel(delay=0.02)
-    b, _ = batcher(model, max_batch=8, max_wait_seconds=0.005, max_concurrency=2)
+    b, _ = batcher(model, max_rows=8, max_wait_seconds=0.005, max_calls_in_flight=2)
 
     async def run() -> list[ModelAnswer]:
         rows = [[i, *GOOD[1:]] for i in range(100)]
@@ -83,7 +100,7 @@ def test_concurrent_requests_share_calls_and_never_exceed_max_batch() -> None:
 
 def test_a_large_batch_request_is_split_to_max_batch() -> None:
     model = SlowModel(delay=0.0)
-    b, _ = batcher(model, max_batch=8)
+    b, _ = batcher(model, max_rows=8)
     answer = asyncio.run(b.predict([[i, *GOOD[1:]] for i in range(20)]))
     assert [r.prediction for r in answer.rows] == [i % 3 for i in range(20)]
     assert sorted(model.calls) == [4, 8, 8]
@@ -102,7 +119,7 @@ def test_batching_off_sends_each_request_alone() -> None:
 
 def test_a_failed_batch_fails_every_request_and_the_queue_drains() -> None:
     model = SlowModel(delay=0.02, error=ModelUnavailable("down"))
-    b, _ = batcher(model, max_batch=16, max_concurrency=1)
+    b, _ = batcher(model, max_rows=16, max_calls_in_flight=1)
 
     async def run() -> list[object]:
         return await asyncio.gather(*(b.predict([GOOD]) for _ in range(10)), return_exceptions=True)
@@ -113,28 +130,59 @@ def test_a_failed_batch_fails_every_request_and_the_queue_drains() -> None:
 
 
 def test_cancelled_requests_leave_the_queue() -> None:
-    model = SlowModel(delay=0.05)
-    b, _ = batcher(model, max_concurrency=1, max_wait_seconds=10.0)
-
     async def run() -> None:
+        model = GatedModel()
+        b, _ = batcher(model, max_calls_in_flight=1, max_wait_seconds=10.0)
         first = asyncio.ensure_future(b.predict([GOOD]))
-        await asyncio.sleep(0.01)
+        await model.entered.wait()  # the one call slot is taken
         waiting = [asyncio.ensure_future(b.predict([GOOD])) for _ in range(5)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one turn of the loop: every task enqueues
         assert b.queue_depth == 5
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         assert b.queue_depth == 0
+        model.gate.set()
         await first
+        assert b.in_flight == 0 and model.calls == [1]
 
     asyncio.run(run())
-    assert b.in_flight == 0
+
+
+def test_a_queued_request_is_released_when_its_wait_expires() -> None:
+    """With the clock injected, the wait expires when the test says so, not after a sleep."""
+    now = [1000.0]
+
+    async def run() -> None:
+        model = GatedModel()
+        b, spans = batcher(
+            model, max_calls_in_flight=1, max_wait_seconds=10.0, clock=lambda: now[0]
+        )
+        first = asyncio.ensure_future(b.predict([GOOD]))
+        await model.entered.wait()
+        second = asyncio.ensure_future(b.predict([GOOD]))
+        await asyncio.sleep(0)
+        now[0] += 9.9
+        b.release()
+        assert b.queue_depth == 1, "released before its wait expired"
+        now[0] += 0.2
+        b.release()
+        assert b.queue_depth == 0 and b.in_flight == 2
+        model.gate.set()
+        await asyncio.gather(first, second)
+        reasons = [
+            str((s.attributes or {})["lungwatch.batch.release_reason"])
+            for s in spans.get_finished_spans()
+            if s.name == "model_server.batch"
+        ]
+        assert sorted(reasons) == ["idle", "wait_expired"]
+
+    asyncio.run(run())
 
 
 def test_every_request_trace_links_to_its_batch() -> None:
     model = SlowModel(delay=0.02)
-    b, spans = batcher(model, max_concurrency=1, max_wait_seconds=0.05)
+    b, spans = batcher(model, max_calls_in_flight=1, max_wait_seconds=0.05)
     tracer = b._tracer
 
     async def one(i: int) -> None:
@@ -157,12 +205,13 @@ def test_every_request_trace_links_to_its_batch() -> None:
         (link,) = span.links
         batch = batches[link.context.span_id]
         assert owner.context.span_id in {lk.context.span_id for lk in batch.links}
-        assert batch.attributes["lungwatch.batch.release_reason"] in {
+        assert (batch.attributes or {})["lungwatch.batch.release_reason"] in {
             "idle",
             "full",
             "wait_expired",
         }
-    assert sum(s.attributes["lungwatch.batch.rows"] for s in batches.values()) == 6
+    rows = [(s.attributes or {})["lungwatch.batch.rows"] for s in batches.values()]
+    assert sum(r for r in rows if isinstance(r, int)) == 6
 
 
 async def _post_many(app: object, n: int) -> list[httpx.Response]:
@@ -180,7 +229,9 @@ def test_a_failing_batch_counts_each_request(batching: bool) -> None:
     reader = InMemoryMetricReader()
     telemetry = build_telemetry("unit", metric_readers=[reader])
     model = SlowModel(delay=0.02, error=ModelUnavailable("down"))
-    settings = Settings(batching=batching, batch_max_concurrency=1, circuit_failure_threshold=0)
+    settings = GatewaySettings(
+        batching=batching, batch_max_calls_in_flight=1, circuit_failure_threshold=0
+    )
     app = create_app(settings, telemetry=telemetry, model_client=model)  # type: ignore[arg-type]
     responses = asyncio.run(_post_many(app, 12))
     assert [r.status_code for r in responses] == [503] * 12

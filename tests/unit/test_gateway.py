@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.model_client import ModelBadResponse, ModelTimeout, ModelUnavailable
-from model.features import EXAMPLE_FEATURES
+from contract.features import EXAMPLE_FEATURES
 from tests.unit.conftest import App
 
 GOOD = list(EXAMPLE_FEATURES)
@@ -19,7 +19,9 @@ def counter_values(app: App, name: str) -> dict[tuple[tuple[str, str], ...], flo
             for metric in sm.metrics:
                 if metric.name == name:
                     for point in metric.data.data_points:
-                        key = tuple(sorted((k, str(v)) for k, v in point.attributes.items()))
+                        key = tuple(
+                            sorted((k, str(v)) for k, v in (point.attributes or {}).items())
+                        )
                         values[key] = getattr(point, "value", getattr(point, "count", 0))
     return values
 

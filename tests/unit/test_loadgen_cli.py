@@ -52,7 +52,7 @@ def test_parse_invalid() -> None:
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LUNGWATCH_URL", raising=False)
+    monkeypatch.delenv("LUNGWATCH_LOADGEN_URL", raising=False)
     options = cli.resolve([])
     assert options.args.url == cli.DEFAULT_URL
     assert options.mode == "open-loop"
@@ -61,7 +61,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LUNGWATCH_URL", "http://gateway:8000")
+    monkeypatch.setenv("LUNGWATCH_LOADGEN_URL", "http://gateway:8000")
     assert cli.resolve([]).args.url == "http://gateway:8000"
     assert cli.resolve(["--url", "http://other"]).args.url == "http://other"
 

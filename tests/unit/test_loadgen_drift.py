@@ -11,10 +11,10 @@ from collections import Counter
 import httpx
 import pytest
 
+from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from loadgen import cli
 from loadgen.drift import DEFAULT_PROFILE, PROFILES, DriftingRowSource, DriftProfile, Shift
 from loadgen.payloads import LabelledRow, Mix, PayloadFactory, RowSource, load_rows
-from model.features import FEATURE_NAMES, FEATURES, N_FEATURES
 
 AGE, SMOKING, PASSIVE = (FEATURE_NAMES.index(n) for n in ("age", "smoking", "passive_smoker"))
 

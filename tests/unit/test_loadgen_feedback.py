@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from contract.features import FEATURE_NAMES, LABELS
 from loadgen import cli
 from loadgen.drift import PROFILES, DriftingRowSource
 from loadgen.feedback import FeedbackHook, prediction_ids
@@ -20,7 +21,6 @@ from loadgen.payloads import LabelledRow, Mix, PayloadFactory, RowSource
 from loadgen.prometheus import FAILED, SUCCESSFUL, TOTAL, expected_counts
 from loadgen.runner import RunPlan, run
 from loadgen.stats import Recorder
-from model.features import FEATURE_NAMES, LABELS
 
 # Three synthetic patients whose age names their true class; the fake model predicts by age.
 ROWS = [LabelledRow((30 + label, *([1] * (len(FEATURE_NAMES) - 1))), label) for label in (0, 1, 2)]
@@ -81,7 +81,8 @@ def test_prediction_ids_of_single_and_batch_answers() -> None:
     assert prediction_ids({"prediction": 1, "prediction_id": "a"}) == ("a",)
     batch = {"predictions": [{"prediction_id": "a"}, {"prediction_id": ""}, {}, "x"]}
     assert prediction_ids(batch) == ("a", None, None, None)
-    for body in (None, [], "x", {"prediction": 1}):
+    bodies: tuple[object, ...] = (None, [], "x", {"prediction": 1})
+    for body in bodies:
         assert prediction_ids(body) == ()
 
 

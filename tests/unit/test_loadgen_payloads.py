@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from loadgen.payloads import (
     INVALID_BUILDERS,
     INVALID_KINDS,
@@ -19,7 +20,6 @@ from loadgen.payloads import (
     RowSource,
     load_rows,
 )
-from model.features import FEATURE_NAMES, FEATURES, N_FEATURES
 
 
 @pytest.fixture(scope="module")

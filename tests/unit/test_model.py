@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from api.model_client import ModelBadResponse, ModelClient, ModelTimeout, ModelUnavailable
-from model.features import FEATURE_NAMES, FEATURES, load_dataset
+from contract.features import FEATURE_NAMES, FEATURES
+from model.dataset import load_dataset
 from model.train import build_pipeline, evaluate, split_by_profile
 from telemetry import build_telemetry
 
@@ -45,11 +46,12 @@ def test_pipeline_scales_inside_and_evaluation_reports_per_class_recall() -> Non
 
 
 def client_answering(handler) -> ModelClient:  # type: ignore[no-untyped-def]
-    client = ModelClient("http://model", build_telemetry("unit"), timeout=0.5)
-    client._client = httpx.AsyncClient(
-        base_url="http://model", transport=httpx.MockTransport(handler)
+    return ModelClient(
+        "http://model",
+        build_telemetry("unit"),
+        timeout=0.5,
+        transport=httpx.MockTransport(handler),
     )
-    return client
 
 
 ROW = {"prediction": 2, "label": "High", "prob_low": 0.1, "prob_medium": 0.2, "prob_high": 0.7}

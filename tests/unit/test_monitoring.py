@@ -6,8 +6,9 @@ import random
 import time
 
 from api.monitoring import DriftWindow, FeedbackStore
-from model.drift import DRIFT_THRESHOLD, bin_counts
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES, load_dataset
+from contract.drift import DRIFT_THRESHOLD, bin_counts
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES
+from model.dataset import load_dataset
 from tests.unit.conftest import App
 from tests.unit.test_gateway import counter_values
 

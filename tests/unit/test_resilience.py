@@ -8,8 +8,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from api.app import create_app
 from api.circuit import CircuitBreaker, CircuitOpenError, State
-from api.settings import Settings
-from model.features import EXAMPLE_FEATURES
+from contract.features import EXAMPLE_FEATURES
+from contract.settings import GatewaySettings
 from telemetry import build_telemetry
 from tests.unit.conftest import ScriptedModelClient
 from tests.unit.test_gateway import counter_values
@@ -69,7 +69,7 @@ def test_disabled_breaker_never_opens() -> None:
 def guarded() -> tuple[TestClient, InMemoryMetricReader]:
     reader = InMemoryMetricReader()
     telemetry = build_telemetry("unit", metric_readers=[reader])
-    settings = Settings(api_keys="key-one, key-two", max_body_bytes=4096)
+    settings = GatewaySettings(api_keys="key-one, key-two", max_body_bytes=4096)
     app = create_app(settings, telemetry=telemetry, model_client=ScriptedModelClient())  # type: ignore[arg-type]
     return TestClient(app), reader
 
@@ -118,8 +118,10 @@ def test_hostile_bodies_get_a_clear_4xx(
 def test_chunked_body_over_the_limit_is_refused() -> None:
     telemetry = build_telemetry("unit")
     app = create_app(
-        Settings(max_body_bytes=2048), telemetry=telemetry, model_client=ScriptedModelClient()
-    )  # type: ignore[arg-type]
+        GatewaySettings(max_body_bytes=2048),
+        telemetry=telemetry,
+        model_client=ScriptedModelClient(),  # type: ignore[arg-type]
+    )
     client = TestClient(app)
 
     def chunks():  # type: ignore[no-untyped-def]
@@ -133,11 +135,11 @@ def test_chunked_body_over_the_limit_is_refused() -> None:
 def test_metrics_can_live_on_a_separate_port() -> None:
     import httpx
 
-    from tests.support.procs import free_port
+    from devtools.procs import free_port
 
     port = free_port()
     telemetry = build_telemetry("unit")
-    settings = Settings(metrics_port=port)
+    settings = GatewaySettings(metrics_port=port)
     app = create_app(settings, telemetry=telemetry, model_client=ScriptedModelClient())  # type: ignore[arg-type]
     with TestClient(app) as client:
         assert client.post("/predict", json={"features": GOOD}).status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.features import EXAMPLE_FEATURES, FEATURE_NAMES
+from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES
 from tests.unit.conftest import App
 
 GOOD = list(EXAMPLE_FEATURES)
