@@ -3,14 +3,15 @@
 A field `x` of `GatewaySettings` is read from `LUNGWATCH_GATEWAY_<FIELD>`, one of
 `ModelServerSettings` from `LUNGWATCH_MODEL_SERVER_<FIELD>`. Telemetry is configured by the standard
 `OTEL_*` variables, which the OpenTelemetry SDK reads itself. The README's configuration
-tables are generated from these classes (`python -m contract.settings`) and a test keeps them
-in sync, so a field's description below is the one users read.
+tables are generated from these classes (`python -m contract.settings --write-readme`) and a
+test keeps them in sync, so a field's description below is the one users read.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -114,6 +115,11 @@ class ModelServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LUNGWATCH_MODEL_SERVER_", protected_namespaces=())
 
     model_uri: str = Field(DEFAULT_MODEL_URI, description="MLflow URI of the model to serve.")
+    runtime: Literal["onnx", "sklearn"] = Field(
+        "onnx",
+        description="What computes predictions: the compiled ONNX graph or the scikit-learn "
+        "pipeline (both are artifacts of every registered version).",
+    )
     host: str = Field("127.0.0.1", description="Address the model server listens on.")
     port: int = Field(8080, ge=1, le=65535, description="Port of the model server.")
     log_level: str = Field("info", description="Log level of the JSON log lines.")
@@ -163,7 +169,22 @@ def markdown_table(settings_class: type[BaseSettings]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def write_readme_tables(path: Path) -> None:
+    """Replace each class's table in the README, found after its `<!-- settings: Name -->`."""
+    text = path.read_text()
     for cls in SETTINGS_CLASSES:
-        print(f"{(cls.__doc__ or cls.__name__).strip()}\n\n{markdown_table(cls)}\n")
+        marker = f"<!-- settings: {cls.__name__} -->\n"
+        start = text.index(marker) + len(marker)
+        end = text.find("\n\n", start)
+        text = text[:start] + markdown_table(cls) + text[end if end != -1 else len(text) :]
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    # `python -m contract.settings` prints the tables; `--write-readme` updates README.md.
+    if sys.argv[1:] == ["--write-readme"]:
+        write_readme_tables(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        for cls in SETTINGS_CLASSES:
+            print(f"{(cls.__doc__ or cls.__name__).strip()}\n\n{markdown_table(cls)}\n")
     sys.exit(0)
