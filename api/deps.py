@@ -1,7 +1,8 @@
 """Typed dependencies of the gateway's routes: the objects `create_app` stored on app.state.
 
 A route names what it needs (`batcher: BatcherDep`); a test swaps any of them with
-`app.dependency_overrides[get_batcher] = ...`.
+`app.dependency_overrides[get_batcher] = ...`. They are `async def` on purpose: FastAPI runs
+a plain `def` dependency in a worker thread, a thread hand-off per dependency per request.
 """
 
 from __future__ import annotations
@@ -18,32 +19,32 @@ from contract.settings import GatewaySettings
 from telemetry import Telemetry
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def get_telemetry(request: Request) -> Telemetry:
+async def get_telemetry(request: Request) -> Telemetry:
     telemetry: Telemetry = request.app.state.telemetry
     return telemetry
 
 
-def get_model_client(request: Request) -> ModelClient:
+async def get_model_client(request: Request) -> ModelClient:
     client: ModelClient = request.app.state.model_client
     return client
 
 
-def get_batcher(request: Request) -> MicroBatcher:
+async def get_batcher(request: Request) -> MicroBatcher:
     batcher: MicroBatcher = request.app.state.batcher
     return batcher
 
 
-def get_monitor(request: Request) -> ModelMonitor:
+async def get_monitor(request: Request) -> ModelMonitor:
     monitor: ModelMonitor = request.app.state.monitor
     return monitor
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     metrics: GatewayMetrics = request.app.state.metrics
     return metrics
 

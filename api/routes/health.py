@@ -24,7 +24,7 @@ class ReadinessCache:
     result: tuple[bool, dict[str, Any]] = field(default_factory=lambda: (False, {}))
 
 
-def get_readiness_cache(request: Request) -> ReadinessCache:
+async def get_readiness_cache(request: Request) -> ReadinessCache:
     cache: ReadinessCache = request.app.state.readiness_cache
     return cache
 
