@@ -71,12 +71,28 @@ class GatewayMetrics:
         self.prediction_confidence.set(confidence)
 
 
+# A bound on the cache, whatever methods and statuses clients make up.
+_MAX_CACHED_ATTRIBUTE_SETS = 256
+
+
 class ObservabilityMiddleware:
     """Times every request, accounts for prediction requests, writes one JSON log line."""
 
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Attribute sets built once and reused: the SDK hashes a new dict on every record.
+        self._endpoint_attributes = {path: {"endpoint": path} for path in PREDICTION_ENDPOINTS}
+        self._timing_attributes: dict[tuple[str, str, int], dict[str, str]] = {}
+
+    def _timing(self, endpoint: str, method: str, status: int) -> dict[str, str]:
+        key = (endpoint, method, status)
+        attributes = self._timing_attributes.get(key)
+        if attributes is None:
+            attributes = {"endpoint": endpoint, "method": method, "status_code": str(status)}
+            if len(self._timing_attributes) < _MAX_CACHED_ATTRIBUTE_SETS:
+                self._timing_attributes[key] = attributes
+        return attributes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,7 +106,7 @@ class ObservabilityMiddleware:
         predicting = method == "POST" and path in PREDICTION_ENDPOINTS
         rss_before = 0
         if predicting:
-            self.metrics.total.add(1, {"endpoint": path})
+            self.metrics.total.add(1, self._endpoint_attributes[path])
             rss_before = self.metrics.rss()
         status = 500  # what the client gets if the app raises before answering
 
@@ -112,13 +128,11 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             # The route template keeps the label set bounded; unknown paths share one value.
             endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.endpoint_time.record(
-                duration, {"endpoint": endpoint, "method": method, "status_code": str(status)}
-            )
+            self.metrics.endpoint_time.record(duration, self._timing(endpoint, method, status))
             reason = None
             if predicting:
                 if status == 200:
-                    self.metrics.successful.add(1, {"endpoint": path})
+                    self.metrics.successful.add(1, self._endpoint_attributes[path])
                 else:
                     reason = state.get(FAILURE_REASON) or reason_for_status(status)
                     self.metrics.failed.add(1, {"endpoint": path, "reason": reason})
