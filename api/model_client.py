@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from api.circuit import CircuitBreaker, CircuitOpenError
-from contract.features import FEATURE_NAMES, LABELS
+from contract.features import LABELS
 from contract.settings import GATEWAY_DEFAULTS
-from contract.wire import MODEL_VERSION_HEADER
+from contract.wire import JSON, MODEL_VERSION_HEADER, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
@@ -137,14 +138,17 @@ class ModelClient:
         return answer
 
     async def _predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
-        payload = {"dataframe_split": {"columns": list(FEATURE_NAMES), "data": rows}}
+        # The lean path (contract.wire): rows the gateway validated, no pandas on either side.
+        payload = orjson.dumps({ROWS_KEY: rows})
         start = time.perf_counter()
         outcome = "error"
         try:
             # httpx's timeouts are per phase (a trickling answer resets the read timer);
             # asyncio.timeout makes `timeout` a deadline for the whole exchange.
             async with asyncio.timeout(self.timeout):
-                response = await self._client.post("/invocations", json=payload)
+                response = await self._client.post(
+                    ROWS_PATH, content=payload, headers=_JSON_HEADERS
+                )
             answer = self._parse(response, len(rows))
             outcome = "ok"
             return answer
@@ -168,10 +172,10 @@ class ModelClient:
             # The body is not quoted: MLflow's error text can echo the input (patient data).
             raise ModelBadResponse(f"model server answered HTTP {response.status_code}")
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
             raise ModelBadResponse("model server answered with invalid JSON") from exc
-        predictions = body.get("predictions") if isinstance(body, dict) else None
+        predictions = body.get(PROBABILITIES_KEY) if isinstance(body, dict) else None
         if not isinstance(predictions, list) or len(predictions) != n_rows:
             got = len(predictions) if isinstance(predictions, list) else "none"
             raise ModelBadResponse(f"model server returned {got} predictions for {n_rows} rows")
@@ -207,22 +211,20 @@ class ModelClient:
         return True, {"model": info}
 
 
+_JSON_HEADERS = {"content-type": JSON}
+
+
 def _parse_row(item: Any, index: int) -> RowPrediction:
-    if not isinstance(item, dict):
-        raise ModelBadResponse(f"prediction {index} is not an object")
+    """One row's [p_low, p_medium, p_high]; the class is their argmax, as in the model."""
+    if not isinstance(item, list) or len(item) != len(LABELS):
+        raise ModelBadResponse(f"prediction {index} is not {len(LABELS)} probabilities")
     try:
-        probabilities = (
-            float(item["prob_low"]),
-            float(item["prob_medium"]),
-            float(item["prob_high"]),
-        )
-        prediction = item["prediction"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelBadResponse(f"prediction {index} lacks class or probabilities") from exc
-    if isinstance(prediction, bool) or not isinstance(prediction, int) or not 0 <= prediction <= 2:
-        raise ModelBadResponse(f"prediction {index} has class {prediction!r}, not 0, 1 or 2")
+        probabilities = (float(item[0]), float(item[1]), float(item[2]))
+    except (TypeError, ValueError) as exc:
+        raise ModelBadResponse(f"prediction {index} has non-numeric probabilities") from exc
     if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities) or not math.isclose(
         sum(probabilities), 1.0, abs_tol=1e-6
     ):
         raise ModelBadResponse(f"prediction {index} has invalid probabilities {probabilities}")
+    prediction = max(range(len(LABELS)), key=probabilities.__getitem__)
     return RowPrediction(prediction, LABELS[prediction], probabilities)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 from typing import Any
@@ -35,5 +36,13 @@ def run_uvicorn(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(graceful_shutdown_seconds),
+        # libuv's event loop and the C HTTP parser: a request costs the loop less CPU.
+        loop="uvloop",
+        http="httptools",
     )
+    # Everything built so far (the app, the model, imported modules) lives as long as the
+    # process: moved out of the collector's generations, a full collection no longer walks
+    # it, which otherwise stalls every request in flight for tens to hundreds of ms.
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

@@ -190,8 +190,8 @@ GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
 )  # fmt: skip
 MODEL_INFO = InstrumentSpec(
     "model_info", Kind.OBSERVABLE_GAUGE, "",
-    "1 for the model this server serves; its name, version and MLflow run id as labels",
-    attributes=("model_name", "model_version", "run_id"),
+    "1 for the model this server serves; its name, version, MLflow run id and runtime as labels",
+    attributes=("model_name", "model_version", "run_id", "runtime"),
 )  # fmt: skip
 
 BATCHING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (

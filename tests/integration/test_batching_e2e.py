@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from contract.features import FEATURE_NAMES
+from contract.wire import ROWS_PATH
 from devtools import procs
 from model.dataset import load_dataset
 from tests.integration.conftest import Spawn, Stack
@@ -83,7 +84,7 @@ def test_two_model_server_workers_report_exact_totals_to_prometheus(
     assert total == len(data)
     calls = procs.prom_value(
         prometheus.url,
-        'sum(http_server_request_duration_seconds_count{http_route="/invocations"})',
+        f'sum(http_server_request_duration_seconds_count{{http_route="{ROWS_PATH}"}})',
     )
     assert calls == len(data)
 

@@ -97,8 +97,8 @@ def test_slow_model_server_is_a_504_at_the_deadline_and_the_trace_shows_where(
     [
         (200, b"<html>not json</html>", "invalid JSON"),
         (200, b'{"result": "ok"}', "returned none predictions for 1 rows"),
-        (200, b'{"predictions": [{"prediction": 1, "prob_low": 0.5, "prob_medium": 0.5}]}', "lacks class or probabilities"),
-        (200, b'{"predictions": [{"prediction": 1, "prob_low": 0.9, "prob_medium": 0.9, "prob_high": 0.9}]}', "invalid probabilities"),
+        (200, b'{"probabilities": [[0.5, 0.5]]}', "not 3 probabilities"),
+        (200, b'{"probabilities": [[0.9, 0.9, 0.9]]}', "invalid probabilities"),
         (500, b'{"error_code": "INTERNAL_ERROR"}', "HTTP 500"),
     ],
 )  # fmt: skip

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS
+from contract.wire import ROWS_PATH
 from devtools import procs
 from model.dataset import load_dataset
 from telemetry.instruments import CONTRACT, Kind
@@ -157,7 +158,7 @@ def test_one_trace_spans_gateway_client_and_model_server(stack: Stack) -> None:
     model_server = [s for s in spans if s.service == "lungwatch-model-server" and s.kind == SERVER]
     assert len(gateway_server) == 1 and gateway_server[0].name == "POST /predict"
     assert len(gateway_client) == 1
-    assert len(model_server) == 1 and model_server[0].name == "POST /invocations"
+    assert len(model_server) == 1 and model_server[0].name == f"POST {ROWS_PATH}"
     # The model server's span is the child of the gateway's httpx call: W3C context flowed.
     assert model_server[0].parent_span_id == gateway_client[0].span_id
     assert gateway_client[0].parent_span_id != ""
