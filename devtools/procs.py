@@ -107,10 +107,14 @@ class ManagedProcess:
         self.ready_timeout = ready_timeout
         self.url = url
         self.proc: subprocess.Popen[bytes] | None = None
+        # Several processes of one name may share a log file (appended): this one's part of
+        # it starts here.
+        self._log_start = 0
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        self._log_start = log.tell()
         self.proc = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
         )
@@ -164,7 +168,12 @@ class ManagedProcess:
         return self.proc.returncode
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this process (its latest start) wrote to its log."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
