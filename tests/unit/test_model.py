@@ -1,4 +1,4 @@
-"""Training: the dataset matches its card, splits by profile, evaluation per class."""
+"""The dataset and the pipeline's shape (the model client's tests: test_model_client.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 
 from contract.features import FEATURE_NAMES, FEATURES
 from model.dataset import load_dataset
-from model.train import build_pipeline, evaluate, split_by_profile
+from model.evaluate import ProfileFolds, scores
+from model.train import build_pipeline
 
 
 def test_dataset_matches_the_data_card() -> None:
@@ -18,22 +19,23 @@ def test_dataset_matches_the_data_card() -> None:
         assert frame[feature.name].between(feature.minimum, feature.maximum).all(), feature
 
 
-def test_holdout_shares_no_profile_with_training() -> None:
-    frame = load_dataset()
-    train_idx, test_idx = split_by_profile(frame, 0.25, seed=42)
-    as_tuples = lambda idx: set(map(tuple, frame.iloc[idx][list(FEATURE_NAMES)].to_numpy()))  # noqa: E731
-    assert as_tuples(train_idx).isdisjoint(as_tuples(test_idx))
-    assert len(train_idx) + len(test_idx) == len(frame)
-    again = split_by_profile(frame, 0.25, seed=42)
-    assert np.array_equal(again[1], test_idx)  # seeded and repeatable
+def test_forest_pipeline_is_calibrated_over_profile_folds_and_logreg_scales_inside() -> None:
+    from sklearn.calibration import CalibratedClassifierCV
+
+    forest = build_pipeline("forest", seed=1)
+    assert list(forest.named_steps) == ["clf"]  # no scaler: trees split on raw integer levels
+    calibrator = forest.named_steps["clf"]
+    assert isinstance(calibrator, CalibratedClassifierCV)
+    assert calibrator.method == "sigmoid" and calibrator.ensemble is False
+    assert isinstance(calibrator.cv, ProfileFolds)
+    assert list(build_pipeline("logreg", seed=1).named_steps) == ["scale", "clf"]
 
 
-def test_pipeline_scales_inside_and_evaluation_reports_per_class_recall() -> None:
-    frame = load_dataset()
-    pipeline = build_pipeline("forest", seed=1)
-    assert list(pipeline.named_steps) == ["scale", "clf"]
-    pipeline.fit(frame[list(FEATURE_NAMES)], frame["level"])
-    metrics, matrix = evaluate(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))
-    assert metrics["test_accuracy"] == 0.75
-    assert metrics["test_recall_high"] == 0.5 and metrics["test_recall_low"] == 1.0
-    assert matrix == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+def test_scores_count_per_class_recall_and_punish_a_hard_zero() -> None:
+    y = np.array([0, 1, 2, 2])
+    proba = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.0, 1.0, 0.0]])
+    metrics = scores(y, proba)
+    assert metrics["accuracy"] == 0.75
+    assert metrics["recall_high"] == 0.5 and metrics["recall_low"] == 1.0
+    # the last row gave its true class a probability of exactly 0
+    assert metrics["log_loss"] > 8
