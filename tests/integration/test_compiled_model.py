@@ -30,7 +30,8 @@ def gateway_answers(url: str, rows: list[list[int]]) -> list[tuple[int, list[flo
     out: list[tuple[int, list[float]]] = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for start in range(0, len(rows), 100):  # /predict/batch takes 100 rows a call
-            response = client.post("/predict/batch", json={"rows": rows[start : start + 100]})
+            chunk = [{"features": row} for row in rows[start : start + 100]]
+            response = client.post("/predict/batch", json={"rows": chunk})
             assert response.status_code == 200, response.text
             out += [
                 (p["prediction"], p["prediction_probabilities"])
