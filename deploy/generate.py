@@ -61,9 +61,7 @@ def prometheus_rules() -> str:
                 "spec": {"groups": groups},
             }
         )
-    body = yaml.dump_all(
-        documents, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True
-    )
+    body = yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
     return HEADER + body
 
 
