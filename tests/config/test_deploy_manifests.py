@@ -447,6 +447,11 @@ def test_autoscaler_query_uses_declared_metrics_and_the_monitors_labels() -> Non
 
 def test_scaled_objects_fall_back_and_stabilise() -> None:
     objects = rendered("prod")
+    # One signal, one threshold, one range: the Deployments scale one-to-one, the pairing
+    # `make bench` measured (docs/scaling.md).
+    gateway, model = (find(objects, "ScaledObject", n)["spec"] for n in (GATEWAY, MODEL_SERVER))
+    for key in ("minReplicaCount", "maxReplicaCount", "triggers"):
+        assert gateway[key] == model[key], key
     for name in (GATEWAY, MODEL_SERVER):
         spec = find(objects, "ScaledObject", name)["spec"]
         assert spec["scaleTargetRef"]["name"] == name
