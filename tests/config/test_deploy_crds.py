@@ -27,8 +27,8 @@ import jsonschema
 import pytest
 import yaml
 
+from devtools import procs
 from tests.config.test_deploy_manifests import CUSTOM_KINDS, GATEWAY, OVERLAYS, find, rendered
-from tests.support import procs
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "schemas"
 INSTALL = "npm ci --prefix deploy/schemas --ignore-scripts --no-audit --no-fund"

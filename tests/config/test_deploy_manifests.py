@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devtools import procs
 from tests.config import stack_files
-from tests.support import procs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"

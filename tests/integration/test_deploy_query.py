@@ -60,7 +60,7 @@ def test_the_keda_query_returns_the_request_rate_from_a_real_prometheus(
     logs = workdir / "logs"
     model_server = spawn(
         procs.model_server(
-            trained_model, logs, **manifest_env(MODEL_SERVER, "LUNGWATCH_MODEL_SERVER_")
+            trained_model, logs, extra_env=manifest_env(MODEL_SERVER, "LUNGWATCH_MODEL_SERVER_")
         )
     )
     metrics_port = procs.free_port()
@@ -68,8 +68,8 @@ def test_the_keda_query_returns_the_request_rate_from_a_real_prometheus(
         procs.gateway(
             model_server.url,
             logs,
-            LUNGWATCH_GATEWAY_METRICS_PORT=str(metrics_port),
-            **manifest_env(GATEWAY, "LUNGWATCH_GATEWAY_"),
+            extra_env=manifest_env(GATEWAY, "LUNGWATCH_GATEWAY_")
+            | {"LUNGWATCH_GATEWAY_METRICS_PORT": str(metrics_port)},
         )
     )
 
@@ -102,7 +102,7 @@ def test_the_keda_query_returns_the_request_rate_from_a_real_prometheus(
     # the first request, and rate() needs two scrapes of it, so traffic keeps flowing meanwhile.
     sent = 0
 
-    def rate_under_traffic() -> float | None:
+    def rate_under_traffic() -> float:
         nonlocal sent
         for _ in range(5):
             response = httpx.post(
@@ -110,8 +110,7 @@ def test_the_keda_query_returns_the_request_rate_from_a_real_prometheus(
             )
             assert response.status_code == 200, response.text
             sent += 1
-        value = procs.prom_value(prometheus.url, query)
-        return value if value else None
+        return procs.prom_value(prometheus.url, query) or 0.0
 
     value = procs.wait_until(rate_under_traffic, 60, f"a non-zero answer to {query!r}", 0.2)
     assert math.isfinite(value) and value > 0
