@@ -7,7 +7,7 @@ Two layers, because no package on PyPI or npm ships the upstream CRD files thems
   compiled upstream from KEDA's and the Prometheus Operator's Go API types, the same types
   controller-gen turns into the CRDs. They check types, enums, required fields and formats,
   but let unknown fields through;
-- when LUNGWATCH_UPSTREAM_CRDS names a directory of upstream CRD files (for example the
+- when DEPLOY_UPSTREAM_CRDS names a directory of upstream CRD files (for example the
   `crds/` of the kedacore/keda and kube-prometheus-stack charts deploy/platform/charts.yaml
   pins): each object against its CRD's openAPIV3Schema, with unknown fields refused as
   `kubectl apply --validate=strict` refuses them. CEL rules (x-kubernetes-validations) are
@@ -106,10 +106,10 @@ def strict_json_schema(node: Any) -> Any:
 
 
 def upstream_crds() -> dict[tuple[str, str], dict[str, Any]]:
-    directory = os.environ.get("LUNGWATCH_UPSTREAM_CRDS", "")
+    directory = os.environ.get("DEPLOY_UPSTREAM_CRDS", "")
     if not directory:
         pytest.skip(
-            "LUNGWATCH_UPSTREAM_CRDS is unset: no registry reachable here ships the CRD files "
+            "DEPLOY_UPSTREAM_CRDS is unset: no registry reachable here ships the CRD files "
             "(see deploy/README.md, 'Validation')"
         )
     schemas = {}
@@ -130,7 +130,7 @@ def test_custom_resources_validate_against_the_upstream_crds_strictly(overlay: s
     errors = []
     for obj in custom_resources(overlay):
         key = (obj["apiVersion"], obj["kind"])
-        assert key in schemas, f"no CRD for {key} in $LUNGWATCH_UPSTREAM_CRDS"
+        assert key in schemas, f"no CRD for {key} in $DEPLOY_UPSTREAM_CRDS"
         validator = jsonschema.Draft4Validator(schemas[key])
         for error in validator.iter_errors(obj):
             path = ".".join(str(p) for p in error.absolute_path)
