@@ -17,7 +17,7 @@ export UV_COMPILE_BYTECODE := 1
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick
+.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick deploy-schemas
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -72,19 +72,27 @@ prometheus:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; fi; }
 
+# The validators of deploy/'s custom resources (KEDA, Prometheus Operator), exactly as
+# deploy/schemas/package-lock.json pins them (tests/config/test_deploy_crds.py).
+DEPLOY_SCHEMAS := deploy/schemas/node_modules/.package-lock.json
+$(DEPLOY_SCHEMAS): deploy/schemas/package-lock.json
+	npm ci --prefix deploy/schemas --ignore-scripts --no-audit --no-fund --silent
+
+deploy-schemas: $(DEPLOY_SCHEMAS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) prometheus lint
+test: $(STAMP) prometheus deploy-schemas lint
 	$(PY) -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP) deploy-schemas
 	$(PY) -m pytest tests/unit tests/config
 
 integration: $(STAMP) prometheus
 	$(PY) -m pytest tests/integration
 
 clean:
-	rm -rf $(VENV) $(TOOLS) mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) deploy/schemas/node_modules mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
