@@ -47,11 +47,13 @@ run: $(STAMP)
 load: $(STAMP)
 	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
 
-# Issue 7's benchmark, not part of `make test`: ~20 min on 2 cores; results/bench/results.{md,json}.
+# Lungwatch against bare MLflow and BentoML 1.4.40 (issues 7 and 11), not part of `make test`:
+# ~40 min on 2 cores; results/bench/results.{md,json} and results-p99.png. BentoML runs in the
+# bench's own venv (results/tmp/bench-venvs/, pinned from uv.lock), built once on first use.
 bench: $(STAMP)
 	$(PY) -m bench
 
-# One short round (~3.5 min) proving every system starts and every load runs; results/bench/quick.*
+# One short round (~5 min) proving every system starts and every load runs; results/bench/quick.*
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 

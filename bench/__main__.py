@@ -77,6 +77,12 @@ QUICK = Plan(
 )
 
 
+def round_order(systems: Sequence[SystemSpec], round_index: int) -> list[SystemSpec]:
+    """Round r starts at the r-th system, so none always runs first (cold page cache)."""
+    shift = round_index % len(systems)
+    return [*systems[shift:], *systems[:shift]]
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short round (smoke run)")
@@ -328,7 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="lungwatch-bench-"))
-    log(f"work dir {tmp}; training the default model")
+    log(
+        f"work dir {tmp}; "
+        + (f"serving the model in {args.store}" if args.store else "training the default model")
+    )
     began = time.monotonic()
     sink: Sink | None = None
     try:
@@ -364,8 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         rounds: list[dict[str, Any]] = []
         for round_index in range(plan.rounds):
-            shift = round_index % len(systems)
-            order = systems[shift:] + systems[:shift]
+            order = round_order(systems, round_index)
             log(f"round {round_index + 1}/{plan.rounds}: {', '.join(s.key for s in order)}")
             results: dict[str, Any] = {}
             for spec in order:
