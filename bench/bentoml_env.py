@@ -25,6 +25,9 @@ BENTOML_VERSION = "1.4.40"
 LOCKED = ("onnxruntime", "scikit-learn", "joblib", "numpy", "scipy", "threadpoolctl")
 VENVS_DIR = REPO_ROOT / "results" / "tmp" / "bench-venvs"
 STAMP = "bench-requirements.json"
+# Part of the venv's key: a change in how it is built (e.g. bytecode compiled at install, which
+# matters where PYTHONDONTWRITEBYTECODE is set) builds a new one.
+BUILD = "compiled-bytecode"
 # import name and distribution name of what the service must find at the pinned versions
 CHECKED = {"bentoml": "bentoml", "onnxruntime": "onnxruntime", "sklearn": "scikit-learn"}
 
@@ -67,7 +70,8 @@ def requirements(lock_text: str) -> list[str]:
 
 def venv_dir(reqs: Sequence[str], python_version: str, base: Path = VENVS_DIR) -> Path:
     """One directory per (requirements, Python) so a changed pin builds a new venv."""
-    key = hashlib.sha256("\n".join([python_version, *sorted(reqs)]).encode()).hexdigest()[:12]
+    parts = [BUILD, python_version, *sorted(reqs)]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
     return base / f"bentoml-{BENTOML_VERSION}-{key}"
 
 
