@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payloads = write_payloads(tmp)
         from contract.dataset import read_rows
 
-        reference = reference_answer(files.pipeline, read_rows()[0].features)
+        reference = reference_answer(files, read_rows()[0].features)
         if any(s.otlp for s in systems):
             sink = Sink(tmp)
         meta = {

@@ -6,7 +6,9 @@ artifacts `onnx` and `pipeline`), so BentoML loads the very files Lungwatch load
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,21 @@ class ModelFiles:
     root: Path  # the downloaded model directory (MLmodel beside artifacts/)
     onnx: Path
     pipeline: Path
+    # The model's own code (MLflow code_paths): the pickled pipeline may name its classes
+    # (e.g. a calibrator), so whoever unpickles it imports them from here, as MLflow does.
+    code: Path | None = None
 
 
 def artifact_paths(mlmodel: Mapping[str, Any], root: Path) -> dict[str, Path]:
     """The pyfunc flavor's artifacts (name -> local file) of a downloaded model."""
     declared = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {}
     return {name: root / entry["path"] for name, entry in declared.items() if "path" in entry}
+
+
+def code_path(mlmodel: Mapping[str, Any], root: Path) -> Path | None:
+    """The directory of the model's code_paths in a downloaded model, when it has one."""
+    name = mlmodel.get("flavors", {}).get("python_function", {}).get("code")
+    return root / name if name and (root / name).is_dir() else None
 
 
 def model_files(model: TrainedModel, dest: Path) -> ModelFiles:
@@ -39,7 +50,8 @@ def model_files(model: TrainedModel, dest: Path) -> ModelFiles:
     root = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=model.model_uri, dst_path=str(dest))
     )
-    paths = artifact_paths(yaml.safe_load((root / "MLmodel").read_text()), root)
+    mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+    paths = artifact_paths(mlmodel, root)
     missing = [name for name in ("onnx", "pipeline") if name not in paths]
     if missing:
         raise RuntimeError(
@@ -50,7 +62,7 @@ def model_files(model: TrainedModel, dest: Path) -> ModelFiles:
     for path in paths.values():
         if not path.is_file():
             raise RuntimeError(f"artifact {path} was not downloaded")
-    return ModelFiles(root, paths["onnx"], paths["pipeline"])
+    return ModelFiles(root, paths["onnx"], paths["pipeline"], code_path(mlmodel, root))
 
 
 @dataclass(frozen=True)
@@ -89,14 +101,27 @@ def mismatch(answer: Answer, reference: Answer, tolerance: float = PROBABILITY_T
     return ""
 
 
-def reference_answer(pipeline_path: Path, features: Sequence[int]) -> Answer:
+def reference_answer(files: ModelFiles, features: Sequence[int]) -> Answer:
     """The registered pipeline's own answer for one row, computed in this process."""
     import joblib
     import pandas as pd
 
     from contract.features import FEATURE_NAMES
 
-    pipeline = joblib.load(pipeline_path)
+    with code_on_path(files.code):
+        pipeline = joblib.load(files.pipeline)
     frame = pd.DataFrame([list(features)], columns=list(FEATURE_NAMES))
     proba = [float(p) for p in pipeline.predict_proba(frame)[0]]
     return Answer(max(range(len(proba)), key=proba.__getitem__), tuple(proba))
+
+
+@contextlib.contextmanager
+def code_on_path(code: Path | None) -> Iterator[None]:
+    if code is None:
+        yield
+        return
+    sys.path.insert(0, str(code))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(code))

@@ -3,7 +3,8 @@
 Runs only inside the bench's own BentoML venv (bench/bentoml_env.py), never in the project's:
 the harness copies this file into its work directory and starts
 `bentoml serve bentoml_service:OnnxForest` (or `:SklearnForest`) there. The model files come
-from the registered model's artifacts, named by BENCH_ONNX_PATH / BENCH_PIPELINE_PATH.
+from the registered model's artifacts, named by BENCH_ONNX_PATH / BENCH_PIPELINE_PATH (and
+BENCH_CODE_PATH, the model's own code that the pickled pipeline imports).
 
 Written the way a BentoML 1.4 user would write it: one synchronous batchable API over a
 2-D array (one row per request, batched along axis 0 by BentoML's adaptive batching), one
@@ -13,6 +14,7 @@ worker, probabilities out.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -84,6 +86,10 @@ class SklearnForest:
     def __init__(self) -> None:
         import joblib
 
+        # The model's own code, shipped in the registered model (MLflow's code_paths): the
+        # pickled pipeline names its classes there, as a bento would ship them.
+        if os.environ.get("BENCH_CODE_PATH"):
+            sys.path.insert(0, os.environ["BENCH_CODE_PATH"])
         self.pipeline = joblib.load(os.environ["BENCH_PIPELINE_PATH"])
         # The pipeline was fitted on a named DataFrame; a plain array is what a BentoML user
         # sends, and the per-call warning about it would only fill the log.

@@ -224,6 +224,7 @@ def _start_bentoml(
     env = base_env(
         BENCH_ONNX_PATH=str(serving.files.onnx),
         BENCH_PIPELINE_PATH=str(serving.files.pipeline),
+        BENCH_CODE_PATH=str(serving.files.code or ""),
         BENTOML_HOME=str(log_dir / "bentoml-home"),
         BENTOML_DO_NOT_TRACK="true",
         PATH=f"{serving.bentoml_venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",

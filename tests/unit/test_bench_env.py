@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from bench import bentoml_env
 from bench.__main__ import FULL, QUICK, round_order
-from bench.artifacts import Answer, artifact_paths, mismatch, normalize
+from bench.artifacts import Answer, artifact_paths, code_on_path, code_path, mismatch, normalize
 from bench.systems import KINDS, SYSTEMS, request_body
 from devtools.procs import REPO_ROOT
 
@@ -97,6 +98,20 @@ def test_artifacts_come_from_the_pyfunc_flavor(tmp_path: Path) -> None:
         "onnx": tmp_path / "artifacts/model.onnx",
     }
     assert artifact_paths({"flavors": {}}, tmp_path) == {}
+
+
+def test_the_models_own_code_is_found_and_put_on_the_path_only_while_loading(
+    tmp_path: Path,
+) -> None:
+    mlmodel = {"flavors": {"python_function": {"code": "code"}}}
+    assert code_path(mlmodel, tmp_path) is None  # declared but not downloaded
+    (tmp_path / "code").mkdir()
+    assert code_path(mlmodel, tmp_path) == tmp_path / "code"
+    assert code_path({"flavors": {"python_function": {}}}, tmp_path) is None
+    before = list(sys.path)
+    with code_on_path(tmp_path / "code"):
+        assert sys.path[0] == str(tmp_path / "code")
+    assert sys.path == before
 
 
 def test_each_systems_answer_reads_as_class_and_probabilities() -> None:
