@@ -53,7 +53,7 @@ load: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# One short round (~5 min) proving every system starts and every load runs; results/bench/quick.*
+# One short round (~7 min with training) proving every system starts and every load runs; results/bench/quick.*
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
