@@ -463,7 +463,9 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
 
 
 def p99_curves(data: Mapping[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:
-    """Per system: (offered rate, median p99 ms, kept in most rounds) for every rate run."""
+    """Per system: (offered rate, median p99 ms, kept in most rounds) up to the first rate it
+    did not keep in most rounds (a higher rate's median would rest on the few rounds that got
+    there)."""
     summary = data["summary"]
     curves: dict[str, list[tuple[float, float, bool]]] = {}
     for system in data["meta"]["labels"]:
@@ -475,6 +477,8 @@ def p99_curves(data: Mapping[str, Any]) -> dict[str, list[tuple[float, float, bo
                 continue
             kept = _get(summary, system, f"kept_at_{key}")
             points.append((float(rate), p99["median"], bool(kept and kept["median"] >= 0.5)))
+            if not points[-1][2]:
+                break
         if points:
             curves[system] = points
     return curves

@@ -265,6 +265,13 @@ def test_p99_curves_mark_unkept_rates() -> None:
     assert [p[0] for p in curves["mlflow"]] == [25.0, 50.0, 100.0]
 
 
+def test_p99_curves_end_where_most_rounds_broke() -> None:
+    # Lungwatch broke at 400 in two rounds of three; the one round that reached 800 is no curve
+    rounds = [one_round(keeps_up_to=200), one_round(keeps_up_to=200), one_round()]
+    points = report.p99_curves(data_for(rounds))["lungwatch"]
+    assert [(p[0], p[2]) for p in points][-2:] == [(200.0, True), (400.0, False)]
+
+
 def test_write_produces_json_markdown_and_plot(tmp_path: Path) -> None:
     md_path, json_path = report.write(data_for([one_round()]), tmp_path / "out", "results")
     plot = tmp_path / "out" / "results-p99.png"
