@@ -66,7 +66,8 @@ QUIET_LOAD = 0.10
 
 # Full: ~110 s per system per round, so 3 rounds of 6 systems take 35-40 minutes.
 FULL = Plan(rounds=3, warmup_seconds=3, closed_seconds=6, open_seconds=10)
-# Quick: one short round, ~7 minutes with training, to prove every system starts and every load runs.
+# Quick: one short round, ~7 minutes with training, proving every system starts and every
+# load runs.
 # Open-loop runs stay at 4 s: a run counts as kept only if its last answers come within ~5 %
 # of its duration, and a shorter run would fail a system for a 0.1 s latency tail.
 QUICK = Plan(
