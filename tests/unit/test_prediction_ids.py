@@ -129,10 +129,10 @@ class ScriptedStore:
         pass
 
 
-def _gauge(reader: InMemoryMetricReader, name: str) -> list[float]:
+def _gauge(reader: InMemoryMetricReader, name: str) -> list[float | None]:
     data = reader.get_metrics_data()
     return [
-        point.value
+        getattr(point, "value", None)
         for rm in (data.resource_metrics if data else [])
         for sm in rm.scope_metrics
         for metric in sm.metrics
