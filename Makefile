@@ -17,7 +17,7 @@ export UV_COMPILE_BYTECODE := 1
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick deploy-schemas
+.PHONY: run test lint unit integration model lock system-packages clean load venv stack stack-down bench bench-quick deploy-schemas
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -64,15 +64,19 @@ stack:
 stack-down:
 	scripts/stack.sh down
 
-# Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+# What tests need from Debian, installed when missing: Prometheus (and promtool, Alertmanager),
+# haproxy and redis-server (tests/integration/test_replicas.py). Tests that need them never
+# skip in CI.
+SYSTEM_BINARIES := prometheus promtool haproxy redis-server
+system-packages:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing alertmanager"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
-	  else echo "prometheus is missing: install it (apt-get install -y prometheus prometheus-alertmanager)"; exit 1; fi; }
-	@command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; fi; }
+	    echo "installing with apt-get:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus prometheus-alertmanager haproxy redis-server >/dev/null; \
+	  else echo "missing:$$missing (apt-get install -y prometheus prometheus-alertmanager haproxy redis-server)"; exit 1; fi; }
 
 # The validators of deploy/'s custom resources (KEDA, Prometheus Operator), exactly as
 # deploy/schemas/package-lock.json pins them (tests/config/test_deploy_crds.py).
@@ -87,13 +91,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) prometheus deploy-schemas lint
+test: $(STAMP) system-packages deploy-schemas lint
 	$(PY) -m pytest
 
 unit: $(STAMP) deploy-schemas
 	$(PY) -m pytest tests/unit tests/config
 
-integration: $(STAMP) prometheus
+integration: $(STAMP) system-packages
 	$(PY) -m pytest tests/integration
 
 clean:
