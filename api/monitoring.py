@@ -88,8 +88,8 @@ class FeedbackStore:
 
 @dataclass(frozen=True)
 class FeedbackResult:
-    """`accepted`, `duplicate`, `unknown_prediction` (no configured key signed it),
-    `expired_prediction` or `invalid_prediction_id`; `message` says why when refused."""
+    """`accepted`, `duplicate`, `unknown_prediction` (not an id a configured key signed) or
+    `expired_prediction`; `message` says why when refused."""
 
     result: str
     correct: bool = False
@@ -99,7 +99,9 @@ class FeedbackResult:
 _REFUSALS = {
     "forged": "unknown_prediction",
     "expired": "expired_prediction",
-    "malformed": "invalid_prediction_id",
+    # Valid hex the schema let through but not shaped like our ids (e.g. an id from before
+    # ids were signed): a prediction this service does not know, like a forged one.
+    "malformed": "unknown_prediction",
 }
 
 

@@ -16,7 +16,6 @@ from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 router = APIRouter(tags=["monitoring"])
 
 STATUS = {
-    "invalid_prediction_id": 422,
     "unknown_prediction": 404,
     "expired_prediction": 410,
     "duplicate": 409,
@@ -27,10 +26,10 @@ STATUS = {
     "/feedback",
     response_model=FeedbackResponse,
     responses={
-        404: {"model": ErrorResponse, "description": "The id was not issued by this service"},
+        404: {"model": ErrorResponse, "description": "Not an id this service issued"},
         409: {"model": ErrorResponse, "description": "This prediction already has feedback"},
         410: {"model": ErrorResponse, "description": "The prediction is too old for feedback"},
-        422: {"model": ErrorResponse, "description": "Invalid body or malformed id"},
+        422: {"model": ErrorResponse, "description": "Invalid body"},
     },
     summary="Report the true level of an earlier prediction (online accuracy)",
 )

@@ -72,7 +72,8 @@ def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: Ap
     again = gateway.client.post("/feedback", json={"prediction_id": first, "level": "Low"})
     assert again.status_code == 409 and again.json()["error"] == "duplicate"
     malformed = gateway.client.post("/feedback", json={"prediction_id": "abc123", "level": "Low"})
-    assert malformed.status_code == 422 and malformed.json()["error"] == "invalid_prediction_id"
+    assert malformed.status_code == 404 and malformed.json()["error"] == "unknown_prediction"
+    assert "64 hex digits" in malformed.json()["message"]
     forged = first[:-1] + ("0" if first[-1] != "0" else "1")
     unknown = gateway.client.post("/feedback", json={"prediction_id": forged, "level": "Low"})
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_prediction"
@@ -91,8 +92,7 @@ def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: Ap
     assert counter_values(gateway, "model_feedback_total") == {
         (("result", "accepted"),): 2,
         (("result", "duplicate"),): 1,
-        (("result", "invalid_prediction_id"),): 1,
-        (("result", "unknown_prediction"),): 1,
+        (("result", "unknown_prediction"),): 2,
     }
     # Feedback is not a prediction request: the contract counters did not move.
     assert sum(counter_values(gateway, "api_total_requests_total").values()) == 4
