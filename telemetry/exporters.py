@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 Signal = Literal["TRACES", "METRICS"]
 GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
-_KNOWN = {"TRACES": {"otlp", "console", "none"}, "METRICS": {"otlp", "console", "none", "prometheus"}}
+_KNOWN = {
+    "TRACES": {"otlp", "console", "none"},
+    "METRICS": {"otlp", "console", "none", "prometheus"},
+}
 
 # Loggers that report every failed batch or dropped span while a backend is down; the
 # ReportingExporter logs the transitions instead and the SDK's metrics count the rest.

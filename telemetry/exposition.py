@@ -1,4 +1,4 @@
-"""The process's own /metrics: the SDK's metrics as Prometheus text, or as OpenMetrics with exemplars.
+"""The process's own /metrics: the SDK's metrics as Prometheus text, or OpenMetrics with exemplars.
 
 Why not the upstream PrometheusMetricReader alone: it drops the exemplars the SDK records
 (its histogram branch passes only bucket counts and the sum to prometheus_client; exemplar
@@ -123,7 +123,7 @@ class ExemplarPrometheusReader(PrometheusMetricReader):  # type: ignore[misc]
         # Registered before the callback is set, as upstream does: the registry collects once
         # on register to learn the names, before the reader belongs to a MeterProvider.
         registry.register(self._collector)
-        self._collector._callback = self.collect
+        self._collector._callback = self.collect  # type: ignore[assignment]
 
 
 def exposition(registry: CollectorRegistry, accept_header: str | None) -> tuple[bytes, str]:

@@ -226,9 +226,7 @@ def create(meter: Meter, spec: InstrumentSpec, callbacks: Any = None) -> Any:
     if spec.kind is Kind.GAUGE:
         return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
     if spec.kind is Kind.UP_DOWN_COUNTER:
-        return meter.create_up_down_counter(
-            spec.name, unit=spec.unit, description=spec.description
-        )
+        return meter.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
     return meter.create_observable_gauge(
         spec.name, callbacks=callbacks or [], unit=spec.unit, description=spec.description
     )
@@ -287,8 +285,8 @@ RENAMED_INSTRUMENTS: tuple[RenamedInstrument, ...] = (
 )  # fmt: skip
 
 # Instruments the FastAPI/ASGI and httpx instrumentations (and one of the SDK) create that no
-# dashboard, rule or documented query reads: dropped by a View, so a request pays nothing to aggregate them and
-# neither path exports them. The old-convention names only exist with
+# dashboard, rule or documented query reads: dropped by a View, so a request pays nothing to
+# aggregate them and neither path exports them. The old-convention names only exist with
 # OTEL_SEMCONV_STABILITY_OPT_IN=http/dup; they are dropped too so that mode adds nothing.
 DROPPED_INSTRUMENTS: tuple[str, ...] = (
     "http.server.active_requests",
