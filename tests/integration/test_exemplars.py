@@ -280,9 +280,9 @@ def test_traceql_in_the_docs_names_what_the_code_emits(stack: Stack) -> None:
         p.read_text() for d in ("api", "model") for p in (REPO_ROOT / d).rglob("*.py")
     )
     for query in queries:
-        for name in re.findall(r'\bname = "([^"]+)"', query):
+        for name in re.findall(r'(?<![.\w])name = "([^"]+)"', query):
             assert name in names, (query, name, sorted(names))
-        for pattern in re.findall(r'\bname =~ "([^"]+)"', query):
+        for pattern in re.findall(r'(?<![.\w])name =~ "([^"]+)"', query):
             assert any(re.fullmatch(pattern, n) for n in names), (query, pattern)
         for service in re.findall(r'resource\.service\.name = "([^"]+)"', query):
             assert service in services, (query, service)

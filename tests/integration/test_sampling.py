@@ -85,7 +85,7 @@ def test_sampled_requests_keep_batch_spans_links_and_exemplars(
         def spans() -> list[ReceivedSpan]:
             return receiver.spans()
 
-        def complete() -> bool:
+        def missing() -> dict[str, int]:
             got = spans()
             servers = {
                 s.trace_id for s in got if s.service == "lungwatch-gateway" and s.kind == SERVER
@@ -98,9 +98,16 @@ def test_sampled_requests_keep_batch_spans_links_and_exemplars(
                 if s.name == "model_server.batched_predict" and s.trace_id in sampled
                 for link in s.span.links
             }
-            return sampled <= servers and sampled <= linked and needed <= batches
+            return {
+                "sampled requests without their SERVER span": len(sampled - servers),
+                "sampled requests without a batched_predict span": len(sampled - linked),
+                "batch spans linked from sampled requests, never exported": len(needed - batches),
+            }
 
-        procs.wait_until(complete, 30, "every sampled request's spans and its batch span")
+        try:
+            procs.wait_until(lambda: not any(missing().values()), 30, "every sampled span")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {missing()}") from None
         got = spans()
         by_id = {(s.trace_id, s.span_id): s for s in got}
 
