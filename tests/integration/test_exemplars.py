@@ -86,6 +86,7 @@ def test_prometheus_stores_exemplars_that_open_exported_traces(stack: Stack) -> 
         return found if all(found.values()) else None
 
     exemplars = procs.wait_until(stored, 30, "exemplars of every latency histogram")
+    assert exemplars is not None
 
     def all_exported() -> bool:
         spans = spans_by_id(stack.otlp)
@@ -125,6 +126,7 @@ def test_otlp_histogram_points_carry_exemplars_of_exported_spans(stack: Stack) -
         return found if all(found.values()) else None
 
     exemplars = procs.wait_until(exported, 20, "exemplars on every exported latency histogram")
+    assert exemplars is not None
     spans = procs.wait_until(
         lambda: (
             spans_by_id(stack.otlp)
@@ -134,6 +136,7 @@ def test_otlp_histogram_points_carry_exemplars_of_exported_spans(stack: Stack) -
         15,
         "the spans the OTLP exemplars name, exported",
     )
+    assert spans is not None
     servers = gateway_server_traces(stack.otlp)
     for metric, found in exemplars.items():
         service, span_name = LATENCY_HISTOGRAMS[metric]
@@ -275,7 +278,9 @@ def test_traceql_in_the_docs_names_what_the_code_emits(stack: Stack) -> None:
             return None
         return names, {k for s in spans for k in s.attributes()}, {s.service for s in spans}
 
-    names, attributes, services = procs.wait_until(emitted, 15, "spans of every kind")
+    found = procs.wait_until(emitted, 15, "spans of every kind")
+    assert found is not None
+    names, attributes, services = found
     source = "\n".join(
         p.read_text() for d in ("api", "model") for p in (REPO_ROOT / d).rglob("*.py")
     )

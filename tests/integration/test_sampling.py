@@ -151,6 +151,7 @@ def test_sampled_requests_keep_batch_spans_links_and_exemplars(
             return found if all(found.values()) else None
 
         in_prometheus = procs.wait_until(stored, 30, "exemplars of every latency histogram")
+        assert in_prometheus is not None
         for metric, trace_ids in in_prometheus.items():
             assert set(trace_ids) <= sampled, (metric, set(trace_ids) - sampled)
         otlp = [
