@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from devtools import procs
 from telemetry import instruments as ins
 from telemetry.exposition import ExemplarPrometheusReader, exposition
 from tests.config.test_collector_names import configured_strategy, exporter_name
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Spawn, Stack
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
 SERVER = 2  # opentelemetry.proto.trace.v1.Span.SpanKind
@@ -293,3 +294,43 @@ def test_traceql_in_the_docs_names_what_the_code_emits(stack: Stack) -> None:
             assert service in services, (query, service)
         for attribute in re.findall(r"\bspan\.([\w.]+)", query):
             assert attribute in attributes or f'"{attribute}"' in source, (query, attribute)
+
+
+def test_dropped_spans_reach_prometheus_while_the_collector_is_down(
+    spawn: Spawn, stack: Stack, tmp_path: Path
+) -> None:
+    """compose's direct scrape job, as prometheus.yml writes it, keeps the SDK's health
+    series: with the OTLP backend down, the spans the full queue drops are counted in
+    Prometheus (and the contract series, which the Collector delivers, are not kept here)."""
+    from tests.config import stack_files
+
+    config = stack_files.load_yaml(stack_files.PROMETHEUS_FILE)
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "lungwatch-gateway"]
+    dead = f"http://127.0.0.1:{procs.free_port()}"  # nothing listens: the Collector is down
+    gateway = spawn(
+        procs.gateway(
+            stack.model_server_url,
+            tmp_path,
+            OTEL_EXPORTER_OTLP_ENDPOINT=dead,
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_BSP_MAX_QUEUE_SIZE="4",
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE="4",
+        )
+    )
+    scrape = {**job, "static_configs": [{"targets": [gateway.url.removeprefix("http://")]}]}
+    prometheus = spawn(
+        procs.prometheus(
+            tmp_path / "prometheus",
+            {},
+            config={"global": {"scrape_interval": "1s"}, "scrape_configs": [scrape]},
+        )
+    )
+    send_predictions(gateway.url, 20)
+    dropped = 'otel_sdk_processor_span_processed_total{error_type="queue_full"}'
+    procs.wait_until(
+        lambda: (procs.prom_value(prometheus.url, f"sum({dropped})") or 0) > 0,
+        30,
+        "spans dropped while the Collector is down, counted in Prometheus",
+    )
+    assert procs.prom_query(prometheus.url, "process_resident_memory_bytes")
+    assert not procs.prom_query(prometheus.url, "api_total_requests_total")
