@@ -5,7 +5,7 @@ Why not the upstream PrometheusMetricReader alone: it drops the exemplars the SD
 support is an open request upstream). The reader below is the upstream reader with that
 one branch replaced: every name, label, unit and `target_info` comes from the upstream
 code unchanged (the classic text output is byte-for-byte the upstream's, checked by
-tests/unit/test_exposition.py), and each histogram bucket gets the exemplar the SDK's
+tests/integration/test_exemplars.py), and each histogram bucket gets the exemplar the SDK's
 aligned-bucket reservoir kept for it. prometheus_client writes exemplars only in the
 OpenMetrics format, which Prometheus asks for when exemplar storage is on; the classic
 format is unchanged. The upstream collector's `_translate_metric` / `_collect_data_points`
