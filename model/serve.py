@@ -127,8 +127,9 @@ def create_model_server_app(
         return response
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+    async def metrics(request: Request) -> Response:
+        body, content_type = telemetry.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/model")
     async def model() -> dict[str, str]:
