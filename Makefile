@@ -10,10 +10,14 @@ UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+# Compiled once at install: with PYTHONDONTWRITEBYTECODE set (as on these machines) Python
+# would otherwise compile MLflow, scikit-learn and pandas from source at every process start
+# (measured: most of a 15 s model-server start).
+export UV_COMPILE_BYTECODE := 1
 
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test lint unit integration model lock prometheus clean load venv stack stack-down bench bench-quick
+.PHONY: run test lint unit integration model lock system-packages clean load venv stack stack-down bench bench-quick deploy-schemas
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -21,7 +25,7 @@ $(UV):
 
 # The dev venv holds every dependency group (gateway, model, loadgen, dev), exactly as
 # uv.lock pins them; it is synced again whenever the lock or pyproject.toml changes.
-$(STAMP): uv.lock pyproject.toml | $(UV)
+$(STAMP): uv.lock pyproject.toml Makefile | $(UV)
 	$(UV) sync --locked --all-groups --python $(PYTHON) --quiet
 	touch $(STAMP)
 
@@ -43,11 +47,13 @@ run: $(STAMP)
 load: $(STAMP)
 	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
 
-# Issue 7's benchmark, not part of `make test`: ~20 min on 2 cores; results/bench/results.{md,json}.
+# Lungwatch against bare MLflow and BentoML 1.4.40 (issues 7 and 11), not part of `make test`:
+# ~40 min on 2 cores; results/bench/results.{md,json} and results-p99.png. BentoML runs in the
+# bench's own venv (results/tmp/bench-venvs/, pinned from uv.lock), built once on first use.
 bench: $(STAMP)
 	$(PY) -m bench
 
-# One short round (~3.5 min) proving every system starts and every load runs; results/bench/quick.*
+# One short round (~7 min with training) proving every system starts and every load runs; results/bench/quick.*
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
@@ -58,29 +64,41 @@ stack:
 stack-down:
 	scripts/stack.sh down
 
-# Prometheus (and promtool) from Debian when missing; tests that need it never skip in CI.
-prometheus:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+# What tests need from Debian, installed when missing: Prometheus (and promtool, Alertmanager),
+# haproxy and redis-server (tests/integration/test_replicas.py). Tests that need them never
+# skip in CI.
+SYSTEM_BINARIES := prometheus promtool haproxy redis-server
+system-packages:
+	@missing=""; for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing alertmanager"; \
+	[ -z "$$missing" ] || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null; \
-	  else echo "prometheus is missing: install it (apt-get install -y prometheus prometheus-alertmanager)"; exit 1; fi; }
-	@command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; fi; }
+	    echo "installing with apt-get:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus prometheus-alertmanager haproxy redis-server >/dev/null; \
+	  else echo "missing:$$missing (apt-get install -y prometheus prometheus-alertmanager haproxy redis-server)"; exit 1; fi; }
+
+# The validators of deploy/'s custom resources (KEDA, Prometheus Operator), exactly as
+# deploy/schemas/package-lock.json pins them (tests/config/test_deploy_crds.py).
+DEPLOY_SCHEMAS := deploy/schemas/node_modules/.package-lock.json
+$(DEPLOY_SCHEMAS): deploy/schemas/package-lock.json
+	npm ci --prefix deploy/schemas --ignore-scripts --no-audit --no-fund --silent
+
+deploy-schemas: $(DEPLOY_SCHEMAS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) prometheus lint
+test: $(STAMP) system-packages deploy-schemas lint
 	$(PY) -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP) deploy-schemas
 	$(PY) -m pytest tests/unit tests/config
 
-integration: $(STAMP) prometheus
+integration: $(STAMP) system-packages
 	$(PY) -m pytest tests/integration
 
 clean:
-	rm -rf $(VENV) $(TOOLS) mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) deploy/schemas/node_modules mlruns.db mlartifacts .pytest_cache .mypy_cache .ruff_cache

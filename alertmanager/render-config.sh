@@ -2,8 +2,9 @@
 # Renders alertmanager.yml.tmpl with the webhook URL from the environment, then (optionally)
 # execs the command that follows: compose.yaml uses it as Alertmanager's entrypoint.
 #   render-config.sh TEMPLATE OUTPUT [COMMAND ARGS...]
-# Alertmanager does not expand environment variables in its config (and 0.25 has no
-# webhook url_file), hence this step. POSIX sh: runs in the busybox-based image as well.
+# Alertmanager (v0.28.1, pinned in compose.yaml) does not expand environment variables in its
+# config, hence this step: the webhook URL, a secret, stays in the environment compose passes
+# rather than in a file in the repository. POSIX sh: runs in the busybox-based image as well.
 set -eu
 
 : "${ALERTMANAGER_WEBHOOK_URL:?set ALERTMANAGER_WEBHOOK_URL to the URL that receives alert webhooks}"

@@ -16,10 +16,12 @@ from fastapi import FastAPI
 from api.batching import MicroBatcher
 from api.circuit import CircuitBreaker
 from api.errors import install_exception_handlers
+from api.feedback_store import AnsweredIds
 from api.guard import RequestGuard
 from api.model_client import ModelClient
 from api.monitoring import FeedbackStore, ModelMonitor
 from api.observability import PREDICTION_ENDPOINTS, GatewayMetrics, ObservabilityMiddleware
+from api.prediction_ids import PredictionIds
 from api.routes import feedback, health, predict
 from api.routes.health import ReadinessCache
 from contract.settings import GatewaySettings
@@ -60,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     yield
     monitoring.cancel()
+    await app.state.monitor.aclose()  # the shared feedback store's connections
     if metrics_server is not None:
         metrics_server.shutdown()
     await client.aclose()
@@ -109,6 +112,8 @@ def create_app(
             max_pending=settings.feedback_max_pending,
             ttl_seconds=settings.feedback_ttl_seconds,
         ),
+        ids=PredictionIds.from_settings(settings),
+        answered=AnsweredIds.from_settings(settings, telemetry),
     )
 
     install_exception_handlers(app)

@@ -160,7 +160,10 @@ class MicroBatcher:
         for request in batch:
             request.waited = now - request.enqueued
             self._wait.record(request.waited)
-        parent = trace.set_span_in_context(NonRecordingSpan(batch[0].context))
+        # A sampled member's trace, when there is one: under head sampling the batch span is
+        # then recorded, and the model server's spans join a trace that is kept.
+        parent_context = next((r.context for r in batch if r.context.trace_flags.sampled), None)
+        parent = trace.set_span_in_context(NonRecordingSpan(parent_context or batch[0].context))
         links = [Link(r.context) for r in batch if r.context.is_valid]
         try:
             with self._tracer.start_as_current_span(

@@ -8,27 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from api.feedback_store import AnsweredIds
+from api.prediction_ids import InvalidPredictionId, PredictionIds
 from contract.drift import DRIFT_THRESHOLD, psi_by_feature
 from contract.features import FEATURE_NAMES, LABELS
-from contract.settings import GATEWAY_DEFAULTS
+from contract.settings import GATEWAY_DEFAULTS, GatewaySettings
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
 log = logging.getLogger("lungwatch.monitoring")
 
+# Declared here until telemetry/instruments.py (owned elsewhere) takes it in. Counters add up
+# across replicas, so the fleet's accuracy and recall are PromQL over this, not a gauge:
+#   sum(increase(model_feedback_outcomes_total{correct="true"}[1h]))
+#     / sum(increase(model_feedback_outcomes_total[1h]))
+# `correct` repeats predicted == actual because PromQL cannot compare two labels' values.
+FEEDBACK_OUTCOMES = ins.InstrumentSpec(
+    "model_feedback_outcomes_total", ins.Kind.COUNTER, "",
+    "Accepted feedback by predicted and true class (correct: whether they match); sums "
+    "across replicas to the fleet's online accuracy and recall",
+    attributes=("predicted", "actual", "correct"),
+)  # fmt: skip
+
 
 class FeedbackStore:
-    """Predictions awaiting their true outcome, and the accuracy over the last `window`.
+    """This replica's accuracy over its last `window` feedbacks (the per-instance gauges).
 
-    Pending ids are bounded by count and age (oldest evicted first); the outcome window is a
-    fixed-size ring with running totals, so memory stays constant under any feedback stream.
+    A fixed-size ring with running totals: constant memory under any feedback stream. What
+    the fleet's accuracy is made of is the outcome counter, which adds up across replicas;
+    `max_pending` and `ttl_seconds` bound the duplicate check and the ids' lifetime.
     """
 
     def __init__(
@@ -36,49 +51,22 @@ class FeedbackStore:
         window: int = GATEWAY_DEFAULTS.feedback_window,
         max_pending: int = GATEWAY_DEFAULTS.feedback_max_pending,
         ttl_seconds: float = GATEWAY_DEFAULTS.feedback_ttl_seconds,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.window = window
         self.max_pending = max_pending
         self.ttl_seconds = ttl_seconds
-        self._clock = clock
-        self._pending: OrderedDict[str, tuple[int, float]] = OrderedDict()
-        self._answered: OrderedDict[str, None] = OrderedDict()
         self._outcomes: deque[tuple[int, int]] = deque()
         self.correct = 0
         self.by_class_total = [0, 0, 0]  # per true class
         self.by_class_correct = [0, 0, 0]
-        self.last_correct = False
 
-    def remember(self, prediction_id: str, predicted: int) -> None:
-        now = self._clock()
-        self._pending[prediction_id] = (predicted, now)
-        self._evict(now)
-
-    def _evict(self, now: float) -> None:
-        while self._pending:
-            oldest_id, (_, created) = next(iter(self._pending.items()))
-            if len(self._pending) <= self.max_pending and now - created <= self.ttl_seconds:
-                break
-            del self._pending[oldest_id]
-
-    def record(self, prediction_id: str, true_class: int) -> str:
-        """`accepted`, `duplicate` (feedback already given) or `unknown_prediction`."""
-        now = self._clock()
-        self._evict(now)
-        entry = self._pending.pop(prediction_id, None)
-        if entry is None:
-            return "duplicate" if prediction_id in self._answered else "unknown_prediction"
-        self._answered[prediction_id] = None
-        while len(self._answered) > self.max_pending:
-            self._answered.popitem(last=False)
-        predicted = entry[0]
-        self.last_correct = predicted == true_class
+    def record(self, predicted: int, true_class: int) -> bool:
+        """Add one outcome to the window; True when the prediction was right."""
         self._outcomes.append((predicted, true_class))
         self._count(predicted, true_class, +1)
         if len(self._outcomes) > self.window:
             self._count(*self._outcomes.popleft(), -1)
-        return "accepted"
+        return predicted == true_class
 
     def _count(self, predicted: int, true_class: int, sign: int) -> None:
         hit = int(predicted == true_class)
@@ -90,16 +78,31 @@ class FeedbackStore:
     def size(self) -> int:
         return len(self._outcomes)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def accuracy(self) -> float | None:
         return self.correct / self.size if self.size else None
 
     def recall(self, true_class: int) -> float | None:
         total = self.by_class_total[true_class]
         return self.by_class_correct[true_class] / total if total else None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """`accepted`, `duplicate`, `unknown_prediction` (not an id a configured key signed) or
+    `expired_prediction`; `message` says why when refused."""
+
+    result: str
+    correct: bool = False
+    message: str = ""
+
+
+_REFUSALS = {
+    "forged": "unknown_prediction",
+    "expired": "expired_prediction",
+    # Valid hex the schema let through but not shaped like our ids (e.g. an id from before
+    # ids were signed): a prediction this service does not know, like a forged one.
+    "malformed": "unknown_prediction",
+}
 
 
 class DriftWindow:
@@ -134,10 +137,24 @@ class ModelMonitor:
         *,
         drift_window_rows: int = GATEWAY_DEFAULTS.drift_window_rows,
         feedback: FeedbackStore | None = None,
+        ids: PredictionIds | None = None,
+        answered: AnsweredIds | None = None,
     ) -> None:
         meter = telemetry.meter("lungwatch.gateway")
         self.drift = DriftWindow(drift_window_rows)
         self.feedback = feedback or FeedbackStore()
+        if ids is None or answered is None:
+            # create_app passes neither yet: the key and the Redis URL come from the same
+            # LUNGWATCH_GATEWAY_* variables `python -m api` reads; limits from the store.
+            from_env = GatewaySettings(
+                feedback_ttl_seconds=self.feedback.ttl_seconds,
+                feedback_max_pending=self.feedback.max_pending,
+            )
+            ids = ids or PredictionIds.from_settings(from_env)
+            answered = answered or AnsweredIds.from_settings(from_env, telemetry)
+        self.ids = ids
+        self.answered = answered
+        self._outcomes = ins.create(meter, FEEDBACK_OUTCOMES)
         self._by_class = ins.create(meter, ins.PREDICTIONS_BY_CLASS)
         self._confidence = ins.create(meter, ins.CONFIDENCE)
         self._feedback_results = ins.create(meter, ins.FEEDBACK)
@@ -155,16 +172,41 @@ class ModelMonitor:
     ) -> None:
         """rows and their (prediction_id, class, confidence), after a successful answer."""
         self.drift.add(rows)
-        for prediction_id, predicted, confidence in predictions:
+        for _, predicted, confidence in predictions:
             attributes = {"class": LABELS[predicted]}
             self._by_class.add(1, attributes)
             self._confidence.record(confidence, attributes)
-            self.feedback.remember(prediction_id, predicted)
 
-    def record_feedback(self, prediction_id: str, true_class: int) -> str:
-        result = self.feedback.record(prediction_id, true_class)
-        self._feedback_results.add(1, {"result": result})
-        return result
+    def issue_id(self, predicted: int, model_version: str | None) -> str:
+        """A prediction id any replica with the same key verifies without a lookup."""
+        return self.ids.issue(predicted, model_version)
+
+    async def record_feedback(self, prediction_id: str, true_class: int) -> FeedbackResult:
+        try:
+            verified = self.ids.verify(prediction_id)
+        except InvalidPredictionId as refused:
+            outcome = FeedbackResult(_REFUSALS[refused.reason], message=str(refused))
+        else:
+            if await self.answered.claim(verified.token, verified.expires_at):
+                correct = self.feedback.record(verified.predicted, true_class)
+                self._outcomes.add(
+                    1,
+                    {
+                        "predicted": LABELS[verified.predicted],
+                        "actual": LABELS[true_class],
+                        "correct": "true" if correct else "false",
+                    },
+                )
+                outcome = FeedbackResult("accepted", correct)
+            else:
+                outcome = FeedbackResult(
+                    "duplicate", message="this prediction already has feedback"
+                )
+        self._feedback_results.add(1, {"result": outcome.result})
+        return outcome
+
+    async def aclose(self) -> None:
+        await self.answered.aclose()
 
     # --- off the request path -----------------------------------------------------------
     async def run(self, fetch_reference: Any, current_version: Callable[[], str | None],

@@ -1,1 +1,1 @@
-"""The performance benchmark of issue 7: bare MLflow serving against the Lungwatch path."""
+"""The performance benchmark (issues 7 and 11): Lungwatch against bare MLflow and BentoML."""

@@ -1,8 +1,10 @@
-"""`python -m bench [--quick] [--rounds N] [--out results/bench]`: issue 7's benchmark.
+"""`python -m bench [--quick] [--rounds N] [--out results/bench]`: Lungwatch against bare MLflow
+and BentoML on the same registered model (issues 7 and 11).
 
-Trains the default model (the seed's forest) into a temporary MLflow store, then, round by
-round, starts each system alone on the machine, loads it, records what it cost and stops it.
-The order of systems rotates each round so none always runs first (cold page cache) or last.
+Builds (once) the pinned BentoML venv, trains the default model (the seed's forest) into a
+temporary MLflow store, then, round by round, starts each system alone on the machine, checks
+its first answer against the registered pipeline's, loads it, records what it cost and stops
+it. The order of systems rotates each round so none always runs first (cold page cache) or last.
 """
 
 from __future__ import annotations
@@ -28,8 +30,18 @@ from typing import Any
 
 import psutil
 
-from bench import report
-from bench.systems import SYSTEMS, RunningSystem, Sink, SystemSpec, request_body, start_system
+from bench import bentoml_env, report
+from bench.artifacts import Answer, mismatch, model_files, normalize, reference_answer
+from bench.systems import (
+    KINDS,
+    SYSTEMS,
+    RunningSystem,
+    Serving,
+    Sink,
+    SystemSpec,
+    request_body,
+    start_system,
+)
 from devtools.procs import PYTHON, REPO_ROOT, TrainedModel, cpu_seconds, memory, train_model
 
 
@@ -39,8 +51,9 @@ class Plan:
     warmup_seconds: float
     closed_seconds: float
     open_seconds: float
-    concurrencies: tuple[int, ...] = (1, 4, 16, 64)
-    rates: tuple[float, ...] = (25, 50, 100, 200)
+    concurrencies: tuple[int, ...] = (1, 8, 64)
+    # Raised for a system only while it keeps the previous rate.
+    rates: tuple[float, ...] = (25, 50, 100, 200, 400, 800)
     # Between runs: lets a server finish a backlog and its exporters flush before the next run.
     pause_seconds: float = 1.0
     # The machine may be shared: before a run, wait up to this long for other load to drop
@@ -51,17 +64,26 @@ class Plan:
 QUIET_LOAD = 0.10
 
 
-# Full: ~100 s per system per round, so 3 rounds of 4 systems take about 20 minutes.
+# Full: ~110 s per system per round, so 3 rounds of 6 systems take 35-40 minutes.
 FULL = Plan(rounds=3, warmup_seconds=3, closed_seconds=6, open_seconds=10)
-# Quick: one short round, ~3.5 minutes, to prove every system starts and every load runs.
+# Quick: one short round, ~7 minutes with training, proving every system starts and every
+# load runs.
+# Open-loop runs stay at 4 s: a run counts as kept only if its last answers come within ~5 %
+# of its duration, and a shorter run would fail a system for a 0.1 s latency tail.
 QUICK = Plan(
     rounds=1,
-    warmup_seconds=2,
-    closed_seconds=2.5,
+    warmup_seconds=1,
+    closed_seconds=1.5,
     open_seconds=4,
-    pause_seconds=0.5,
-    quiet_wait_seconds=1,
+    pause_seconds=0.3,
+    quiet_wait_seconds=0,
 )
+
+
+def round_order(systems: Sequence[SystemSpec], round_index: int) -> list[SystemSpec]:
+    """Round r starts at the r-th system, so none always runs first (cold page cache)."""
+    shift = round_index % len(systems)
+    return [*systems[shift:], *systems[:shift]]
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -74,13 +96,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=",".join(s.key for s in SYSTEMS),
         help="comma-separated subset of: " + ", ".join(s.key for s in SYSTEMS),
     )
+    parser.add_argument("--closed-seconds", type=float, help="override each closed-loop run")
+    parser.add_argument("--open-seconds", type=float, help="override each open-loop run")
+    parser.add_argument("--concurrencies", help="override, e.g. 1,8,64")
+    parser.add_argument("--rates", help="override the open-loop rates, e.g. 25,50,100")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the store and the logs")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="serve the model already registered in DIR/mlruns.db (artifacts under DIR) "
+        "instead of training one",
+    )
     parser.add_argument(
         "--lungwatch-env",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for the Lungwatch processes of systems 2-4, e.g. "
+        help="extra environment for the Lungwatch processes of systems 4-6, e.g. "
         "LUNGWATCH_GATEWAY_BATCH_MAX_ROWS=32 (repeatable; a system's own setting wins)",
     )
     parser.add_argument(
@@ -215,7 +247,11 @@ def measure(
     log: Any,
     sink_pid: int | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"startup_s": system.startup_s, "memory_idle": memory(system.server_pids)}
+    out: dict[str, Any] = {
+        "cold_start_s": system.cold_start_s,
+        "memory_started": memory(system.server_pids),
+        "open_rates_planned": list(plan.rates),
+    }
     base = {"url": system.url, "payloads": str(payloads)}
     # Warm-up: first requests pay lazy imports, first-call caches and pool connects.
     run_load(
@@ -223,6 +259,9 @@ def measure(
         system,
         sink_pid,
     )
+    # Idle: loaded and warmed, no request in flight (what a quiet production process holds).
+    time.sleep(plan.pause_seconds)
+    out["memory_idle"] = memory(system.server_pids)
     peak: dict[str, int] = {}
 
     def sample_memory() -> None:
@@ -275,6 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
+    if args.closed_seconds:
+        plan = replace(plan, closed_seconds=args.closed_seconds)
+    if args.open_seconds:
+        plan = replace(plan, open_seconds=args.open_seconds)
+    if args.concurrencies:
+        plan = replace(plan, concurrencies=tuple(int(c) for c in args.concurrencies.split(",")))
+    if args.rates:
+        plan = replace(plan, rates=tuple(float(r) for r in args.rates.split(",")))
     wanted = [k.strip() for k in args.systems.split(",") if k.strip()]
     unknown = set(wanted) - {s.key for s in SYSTEMS}
     if unknown:
@@ -290,12 +337,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="lungwatch-bench-"))
-    log(f"work dir {tmp}; training the default model")
+    log(
+        f"work dir {tmp}; "
+        + (f"serving the model in {args.store}" if args.store else "training the default model")
+    )
     began = time.monotonic()
     sink: Sink | None = None
     try:
-        model = train_model(tmp / "store")
+        venv = None
+        if any(s.kind == "bentoml" for s in systems):
+            venv = bentoml_env.ensure(log)
+            log(f"BentoML venv {venv}")
+        model = registered_model(args.store) if args.store else train_model(tmp / "store")
+        files = model_files(model, tmp / "model")
+        serving = Serving(model, files, venv)
         payloads = write_payloads(tmp)
+        from contract.dataset import read_rows
+
+        reference = reference_answer(files, read_rows()[0].features)
         if any(s.otlp for s in systems):
             sink = Sink(tmp)
         meta = {
@@ -306,19 +365,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_at_start": list(os.getloadavg()),
             "quick": args.quick,
             "model": f"{model.model_uri} v{model.version} (python -m model.train defaults)",
+            "onnx_sha256": hashlib.sha256(files.onnx.read_bytes()).hexdigest()[:16],
+            "bentoml": bentoml_env.requirements((REPO_ROOT / "uv.lock").read_text())
+            if venv
+            else None,
+            "reference_answer": asdict(reference),
             "labels": {s.key: s.label for s in systems},
             "lungwatch_env": {s.key: dict(s.env) for s in systems if s.kind == "lungwatch"},
             **{k: v for k, v in asdict(plan).items()},
         }
         rounds: list[dict[str, Any]] = []
         for round_index in range(plan.rounds):
-            shift = round_index % len(systems)
-            order = systems[shift:] + systems[:shift]
+            order = round_order(systems, round_index)
             log(f"round {round_index + 1}/{plan.rounds}: {', '.join(s.key for s in order)}")
             results: dict[str, Any] = {}
             for spec in order:
                 results[spec.key] = run_system(
-                    spec, model, tmp, sink, plan, payloads, round_index, log
+                    spec, serving, reference, tmp, sink, plan, payloads, round_index, log
                 )
             # keep the listing order stable whatever the running order was
             rounds.append(
@@ -355,7 +418,8 @@ def render(json_path: Path) -> int:
 
 def run_system(
     spec: SystemSpec,
-    model: TrainedModel,
+    serving: Serving,
+    reference: Answer,
     tmp: Path,
     sink: Sink | None,
     plan: Plan,
@@ -365,26 +429,54 @@ def run_system(
 ) -> dict[str, Any]:
     digest = code_digest()
     log(f"  {spec.label}: starting (code {digest})")
-    system = start_system(spec, model, tmp, sink.url if sink and spec.otlp else None)
+    first = json.loads(payloads[spec.kind].read_text())[0]
+    system = start_system(spec, serving, tmp, sink.url if sink and spec.otlp else None, first)
     try:
-        first = json.loads(payloads[spec.kind].read_text())[0]
-        answer = system.check(first)
+        answer = normalize(spec.kind, system.first_answer)
+        problem = mismatch(answer, reference)
+        if problem:
+            raise RuntimeError(
+                f"{spec.key} answers the first dataset row differently from the registered "
+                f"pipeline: {problem} ({answer} against {reference})"
+            )
         sink_before = sink.stats() if sink and spec.otlp else {}
-        log(f"  ready in {system.startup_s:.1f} s; {len(system.server_pids)} root process(es)")
+        log(
+            f"  first prediction {system.cold_start_s:.2f} s after start, matching the "
+            f"pipeline's; {len(system.server_pids)} root process(es)"
+        )
         sink_pid = sink.process.pid if sink is not None else None
         result = measure(system, plan, payloads[spec.kind], round_index, log, sink_pid)
-        result["first_answer"] = answer
+        result["first_answer"] = system.first_answer
+        result["first_answer_max_diff"] = max(
+            abs(a - b) for a, b in zip(answer.probabilities, reference.probabilities, strict=True)
+        )
         result["code_digest"] = digest
         if sink is not None and spec.otlp:
             after = sink.stats()
             result["otlp_received"] = {k: v - sink_before.get(k, 0) for k, v in after.items()}
         log(
-            f"  RSS {result['memory_loaded'].get('rss_bytes', 0) / 1e6:.0f} MB in "
+            f"  RSS idle {result['memory_idle'].get('rss_bytes', 0) / 1e6:.0f} MB, after load "
+            f"{result['memory_loaded'].get('rss_bytes', 0) / 1e6:.0f} MB in "
             f"{result['memory_loaded'].get('processes', 0)} processes"
         )
         return result
     finally:
         system.stop()
+
+
+def registered_model(workdir: Path) -> TrainedModel:
+    """The model the serving alias names in an existing store, as train_model describes one."""
+    from mlflow.tracking import MlflowClient
+
+    from contract.settings import DEFAULT_MODEL_URI
+
+    workdir = workdir.resolve()
+    tracking_uri = f"sqlite:///{workdir / 'mlruns.db'}"
+    model_uri = DEFAULT_MODEL_URI
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
+    return TrainedModel(tracking_uri, model_uri, str(version.version), str(version.run_id),
+                        workdir, {})  # fmt: skip
 
 
 def write_payloads(tmp: Path) -> dict[str, Path]:
@@ -394,7 +486,7 @@ def write_payloads(tmp: Path) -> dict[str, Path]:
 
     rows = [row.features for row in read_rows()]
     paths: dict[str, Path] = {}
-    for kind in ("mlflow", "lungwatch"):
+    for kind in KINDS:
         bodies = [request_body(kind, [int(v) for v in row], FEATURE_NAMES) for row in rows]
         path = tmp / f"payloads-{kind}.json"
         path.write_text(json.dumps(bodies))

@@ -9,64 +9,158 @@ from typing import Any
 
 from devtools.stats import Spread, Target, evaluate_target, per_round_ratios, spread
 
-# Issue 7's targets. System keys are bench.systems.SYSTEMS' keys.
+LUNGWATCH, TELEMETRY_OFF, MLFLOW = "lungwatch", "telemetry_off", "mlflow"
+BENTOML, BENTOML_SKLEARN = "bentoml_onnx", "bentoml_sklearn"
+
+# Issue 11's targets, all inside one round with full telemetry on and every system serving the
+# same registered artifact; "BentoML" alone is BentoML serving the same ONNX file. System keys
+# are bench.systems.SYSTEMS' keys.
 TARGETS: tuple[Target, ...] = (
     Target(
-        "saturation_vs_mlflow",
-        "saturation throughput (2) ≥ 4× (1)",
-        "lungwatch",
-        "mlflow",
-        "saturation_rps",
-        4.0,
+        "c8_vs_bentoml",
+        "closed loop, 8 connections: Lungwatch ≥ BentoML",
+        LUNGWATCH,
+        BENTOML,
+        "throughput_c8",
+        1.0,
         at_least=True,
     ),
     Target(
-        "p99_at_50_vs_mlflow",
-        "p99 at 50 req/s (2) ≤ 0.7× (1)",
-        "lungwatch",
-        "mlflow",
+        "c64_vs_bentoml",
+        "closed loop, 64 connections: Lungwatch ≥ 1.5× BentoML",
+        LUNGWATCH,
+        BENTOML,
+        "throughput_c64",
+        1.5,
+        at_least=True,
+    ),
+    Target(
+        "rates_vs_bentoml",
+        "open loop: Lungwatch keeps every rate BentoML keeps (highest rate kept, difference)",
+        LUNGWATCH,
+        BENTOML,
+        "max_kept_rate",
+        0.0,
+        at_least=True,
+        difference=True,
+        unit=" req/s",
+    ),
+    Target(
+        "p99_at_50_vs_bentoml",
+        "open loop 50 req/s: Lungwatch p99 ≤ BentoML's",
+        LUNGWATCH,
+        BENTOML,
         "p99_at_50_ms",
-        0.7,
+        1.0,
+        at_least=False,
+    ),
+    Target(
+        "p99_at_200_vs_bentoml",
+        "open loop 200 req/s: Lungwatch p99 ≤ BentoML's",
+        LUNGWATCH,
+        BENTOML,
+        "p99_at_200_ms",
+        1.0,
+        at_least=False,
+    ),
+    Target(
+        "one_at_a_time_vs_bentoml",
+        "one request at a time: Lungwatch median ≤ 2× BentoML's",
+        LUNGWATCH,
+        BENTOML,
+        "one_at_a_time_ms",
+        2.0,
         at_least=False,
     ),
     Target(
         "one_at_a_time_vs_mlflow",
-        "one request at a time (2) ≤ (1) + 2 ms",
-        "lungwatch",
-        "mlflow",
+        "one request at a time: Lungwatch median ≤ 0.5× bare MLflow's",
+        LUNGWATCH,
+        MLFLOW,
         "one_at_a_time_ms",
-        2.0,
+        0.5,
         at_least=False,
-        difference=True,
-        unit=" ms",
+    ),
+    Target(
+        "cpu_c8_vs_bentoml",
+        "server CPU per request at 8 connections: Lungwatch ≤ 1.5× BentoML's",
+        LUNGWATCH,
+        BENTOML,
+        "cpu_ms_c8",
+        1.5,
+        at_least=False,
     ),
     Target(
         "telemetry_overhead",
-        "throughput telemetry on (2) / off (3) ≥ 0.9",
-        "lungwatch",
-        "telemetry_off",
+        "throughput (best closed loop), telemetry on / off ≥ 0.9",
+        LUNGWATCH,
+        TELEMETRY_OFF,
         "saturation_rps",
         0.9,
         at_least=True,
     ),
     Target(
-        "rss_vs_mlflow",
-        "RSS (2) ≤ 1.2× (1)",
-        "lungwatch",
-        "mlflow",
-        "rss_bytes",
-        1.2,
+        "rss_vs_bentoml",
+        "RSS idle, all server processes: Lungwatch ≤ BentoML's + 100 MB",
+        LUNGWATCH,
+        BENTOML,
+        "rss_idle_mb",
+        100.0,
+        at_least=False,
+        difference=True,
+        unit=" MB",
+    ),
+    Target(
+        "cold_start_vs_bentoml",
+        "cold start to first prediction: Lungwatch ≤ 2× BentoML's",
+        LUNGWATCH,
+        BENTOML,
+        "cold_start_s",
+        2.0,
+        at_least=False,
+    ),
+    Target(
+        "c8_vs_bentoml_sklearn",
+        "closed loop, 8 connections: Lungwatch ≥ 2× BentoML serving scikit-learn",
+        LUNGWATCH,
+        BENTOML_SKLEARN,
+        "throughput_c8",
+        2.0,
+        at_least=True,
+    ),
+    Target(
+        "one_at_a_time_vs_bentoml_sklearn",
+        "one request at a time: Lungwatch median ≤ 0.5× BentoML serving scikit-learn",
+        LUNGWATCH,
+        BENTOML_SKLEARN,
+        "one_at_a_time_ms",
+        0.5,
         at_least=False,
     ),
 )
 
-# Ratios worth reading that are not targets: what batching and telemetry each buy or cost.
+# Ratios worth reading that are not targets: what batching, telemetry and ONNX buy or cost.
 EXTRA_RATIOS: tuple[tuple[str, str, str, str], ...] = (
-    ("batching gain: saturation (2) / (4)", "lungwatch", "batching_off", "saturation_rps"),
-    ("CPU per request at saturation (2) / (1)", "lungwatch", "mlflow", "cpu_ms_sat"),
-    ("CPU per request at 50 req/s (2) / (1)", "lungwatch", "mlflow", "cpu_ms_at_50"),
-    ("saturation (4) / (1)", "batching_off", "mlflow", "saturation_rps"),
-)
+    ("batching gain: best closed loop, Lungwatch / batching off", LUNGWATCH, "batching_off",
+     "saturation_rps"),
+    ("closed loop, 64 connections: Lungwatch / BentoML", LUNGWATCH, BENTOML, "throughput_c64"),
+    ("closed loop, 8 connections: Lungwatch / bare MLflow", LUNGWATCH, MLFLOW, "throughput_c8"),
+    ("server CPU per request at 50 req/s: Lungwatch / BentoML", LUNGWATCH, BENTOML,
+     "cpu_ms_at_50"),
+    ("server CPU per request at 8 connections: Lungwatch / bare MLflow", LUNGWATCH, MLFLOW,
+     "cpu_ms_c8"),
+    ("ONNX gain in BentoML: 8 connections, ONNX / scikit-learn", BENTOML, BENTOML_SKLEARN,
+     "throughput_c8"),
+)  # fmt: skip
+
+
+def _role(process_name: str) -> str | None:
+    """Which Lungwatch process a name is, for the CPU split (other systems have one)."""
+    if process_name.endswith("gateway"):
+        return "gateway"
+    if process_name.endswith("model-server"):
+        return "model_server"
+    return None
 
 
 def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
@@ -74,7 +168,10 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     closed = result.get("closed", [])
     for run in closed:
-        out[f"throughput_c{run['concurrency']}"] = run["throughput_rps"]
+        c = run["concurrency"]
+        out[f"throughput_c{c}"] = run["throughput_rps"]
+        out[f"cpu_ms_c{c}"] = run.get("cpu_ms_per_request")
+        out[f"p50_c{c}_ms"] = (run.get("latency") or {}).get("p50_ms")
     if closed:
         best = max(closed, key=lambda r: r["throughput_rps"])
         out["saturation_rps"] = best["throughput_rps"]
@@ -88,9 +185,13 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
         # the gateway's and the model server's shares of the CPU, one at a time and saturated
         for label, run in (("c1", lone[0] if lone else {}), ("sat", best)):
             for name, ms in (run.get("cpu_ms_per_request_by_process") or {}).items():
-                role = "gateway" if name.endswith("gateway") else "model_server"
-                out[f"cpu_ms_{label}_{role}"] = ms
-    for run in result.get("open", []):
+                role = _role(name)
+                if role:
+                    out[f"cpu_ms_{label}_{role}"] = ms
+    opened = sorted(result.get("open", []), key=lambda r: r["rate"])
+    max_kept = 0.0
+    broken_at: float | None = None
+    for run in opened:
         rate = _rate_key(run["rate"])
         latency = run.get("latency") or {}
         for q in ("p50", "p95", "p99"):
@@ -98,6 +199,17 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
         out[f"achieved_at_{rate}"] = run["achieved_rps"]
         out[f"kept_at_{rate}"] = 1.0 if run.get("kept") else 0.0
         out[f"cpu_ms_at_{rate}"] = run.get("cpu_ms_per_request")
+        if broken_at is None:
+            if run.get("kept"):
+                max_kept = float(run["rate"])
+            else:
+                broken_at = float(run["rate"])
+    if opened:
+        out["max_kept_rate"] = max_kept
+    # Rates above the one a system could not keep were never offered to it: not kept either.
+    for rate in result.get("open_rates_planned", []):
+        if broken_at is not None and rate > broken_at:
+            out.setdefault(f"kept_at_{_rate_key(rate)}", 0.0)
     loads = [
         r["foreign_load"]
         for r in [*closed, *result.get("open", [])]
@@ -110,8 +222,12 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
         out["rss_bytes"] = memory.get("rss_bytes")
         out["pss_bytes"] = memory.get("pss_bytes")
     idle = result.get("memory_idle") or {}
-    if idle:
-        out["rss_idle_bytes"] = idle.get("rss_bytes")
+    if idle.get("rss_bytes") is not None:
+        out["rss_idle_bytes"] = idle["rss_bytes"]
+        out["rss_idle_mb"] = idle["rss_bytes"] / 1e6
+    cold = result.get("cold_start_s", result.get("startup_s"))
+    if cold is not None:
+        out["cold_start_s"] = cold
     return out
 
 
@@ -124,6 +240,35 @@ def round_figures(rounds: Sequence[Mapping[str, Any]]) -> list[dict[str, dict[st
         {system: figures(result) for system, result in round_["systems"].items()}
         for round_ in rounds
     ]
+
+
+def evaluate(
+    target: Target, per_round: Sequence[Mapping[str, Mapping[str, float | None]]]
+) -> dict[str, Any]:
+    """A target's verdict; a p99 at a rate also asks whether each system kept that rate.
+
+    A system that could not keep the rate (or never got to it, having broken at a lower one)
+    has no meaningful p99 there: it fails the target when the other system kept the rate, and
+    meets it when only the other one failed.
+    """
+    result = evaluate_target(target, per_round)
+    if not (target.figure.startswith("p99_at_") and target.figure.endswith("_ms")):
+        return result
+    kept_figure = "kept_at_" + target.figure.removeprefix("p99_at_").removesuffix("_ms")
+
+    def kept(system: str) -> bool | None:
+        s = spread(r.get(system, {}).get(kept_figure) for r in per_round)
+        return None if s is None else s.median >= 0.5
+
+    num, den = kept(target.numerator), kept(target.denominator)
+    rate = kept_figure.removeprefix("kept_at_")
+    if num is False and den is True:
+        result.update(met=False, note=f"{target.numerator} did not keep {rate} req/s")
+    elif num is True and den is False:
+        result.update(met=True, note=f"{target.denominator} did not keep {rate} req/s")
+    elif num is False and den is False:
+        result["note"] = f"neither kept {rate} req/s"
+    return result
 
 
 def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -141,7 +286,7 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for name in names:
             s = spread(r.get(system, {}).get(name) for r in per_round)
             summary[system][name] = s.as_dict() if s else None
-    targets = [evaluate_target(t, per_round) for t in TARGETS]
+    targets = [evaluate(t, per_round) for t in TARGETS]
     extras = []
     for text, num, den, figure in EXTRA_RATIOS:
         values = per_round_ratios(
@@ -165,11 +310,10 @@ def fmt_spread(value: Mapping[str, float] | None, digits: int = 1, scale: float 
 
 def fmt_target(target: Mapping[str, Any]) -> tuple[str, str]:
     value = target["value"]
-    if value is None:
-        return "—", "not measured"
-    unit = target["unit"]
-    digits = 2
-    measured = fmt_spread(value, digits) + unit
+    note = f" ({target['note']})" if target.get("note") else ""
+    if target["met"] is None:
+        return ("—" + note), "not measured"
+    measured = ("—" if value is None else fmt_spread(value, 2) + target["unit"]) + note
     return measured, "**met**" if target["met"] else "**not met**"
 
 
@@ -178,7 +322,11 @@ def _get(summary: Mapping[str, Any], system: str, name: str) -> Mapping[str, flo
     return value
 
 
-def markdown(data: Mapping[str, Any]) -> str:
+def plot_name(stem: str) -> str:
+    return f"{stem}-p99.png"
+
+
+def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
     meta = data["meta"]
     summary = data["summary"]
     labels: dict[str, str] = meta["labels"]
@@ -192,6 +340,19 @@ def markdown(data: Mapping[str, Any]) -> str:
         f"{meta['closed_seconds']:g} s per concurrency · open-loop {meta['open_seconds']:g} s "
         f"per rate (Poisson arrivals, latency from the scheduled send) · model: "
         f"{meta['model']}",
+    ]
+    if meta.get("bentoml"):
+        lines.append(
+            f"- BentoML venv: {', '.join(meta['bentoml'])}; adaptive batching on (max batch "
+            "32, one worker); ONNX on onnxruntime with one thread"
+        )
+    if meta.get("onnx_sha256"):
+        lines.append(
+            f"- every ONNX system serves the registered file (sha256 {meta['onnx_sha256']}…); "
+            "every system's first answer matched the registered pipeline's (same class, "
+            "probabilities within 1e-5)"
+        )
+    lines += [
         "- figures are medians over rounds, (min–max) in brackets; ratios are computed inside "
         "each round, then their median is taken",
         "- other load on the machine: busy CPU during a run not spent by the servers, the load "
@@ -200,7 +361,7 @@ def markdown(data: Mapping[str, Any]) -> str:
         other_load_line(data.get("rounds", [])),
         code_line(data.get("rounds", [])),
         "",
-        "## Targets (issue 7)",
+        "## Targets (issue 11)",
         "",
         "| target | measured | result |",
         "|---|---|---|",
@@ -216,10 +377,11 @@ def markdown(data: Mapping[str, Any]) -> str:
         "",
         "## Per system",
         "",
-        "| system | saturation req/s | at concurrency | one at a time p50 ms | p99 at 50 req/s ms "
-        "| server CPU ms/req at saturation | at 50 req/s | RSS MB after load | PSS MB "
-        "| other load on the machine, % (worst run) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | 8 connections req/s | 64 connections req/s | one at a time p50 ms "
+        "| p99 at 50 req/s ms | p99 at 200 req/s ms | highest rate kept req/s "
+        "| server CPU ms/req at 8 connections | at 50 req/s | cold start s | RSS idle MB "
+        "| RSS after load MB | other load on the machine, % (worst run) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     mb = 1 / 1e6
     for s in systems:
@@ -228,39 +390,41 @@ def markdown(data: Mapping[str, Any]) -> str:
             return fmt_spread(_get(summary, s, name), digits, scale)
 
         lines.append(
-            f"| {labels[s]} | {g('saturation_rps', 0)} | {g('saturation_concurrency', 0)} "
-            f"| {g('one_at_a_time_ms', 2)} | {g('p99_at_50_ms', 1)} | {g('cpu_ms_sat', 2)} "
-            f"| {g('cpu_ms_at_50', 2)} | {g('rss_bytes', 0, mb)} | {g('pss_bytes', 0, mb)} "
+            f"| {labels[s]} | {g('throughput_c8', 0)} | {g('throughput_c64', 0)} "
+            f"| {g('one_at_a_time_ms', 2)} | {g('p99_at_50_ms', 1)} | {g('p99_at_200_ms', 1)} "
+            f"| {g('max_kept_rate', 0)} | {g('cpu_ms_c8', 2)} | {g('cpu_ms_at_50', 2)} "
+            f"| {g('cold_start_s', 2)} | {g('rss_idle_bytes', 0, mb)} | {g('rss_bytes', 0, mb)} "
             f"| {g('foreign_load_max', 0, 100)} |"
         )
 
     concurrencies = meta["concurrencies"]
     lines += [
         "",
-        "## Closed loop: throughput (req/s) by concurrency",
+        "## Closed loop: throughput (req/s) and server CPU (ms per request) by connections",
         "",
-        "| system | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
-        "|---|" + "---|" * len(concurrencies),
+        "| system | " + " | ".join(f"c={c} req/s | c={c} CPU" for c in concurrencies) + " |",
+        "|---|" + "---|---|" * len(concurrencies),
     ]
     for s in systems:
-        cells = [fmt_spread(_get(summary, s, f"throughput_c{c}"), 0) for c in concurrencies]
+        cells = [
+            f"{fmt_spread(_get(summary, s, f'throughput_c{c}'), 0)} | "
+            f"{fmt_spread(_get(summary, s, f'cpu_ms_c{c}'), 2)}"
+            for c in concurrencies
+        ]
         lines.append(f"| {labels[s]} | " + " | ".join(cells) + " |")
 
     split_names = [f"cpu_ms_{x}_{r}" for x in ("c1", "sat") for r in ("gateway", "model_server")]
-    has_split = any(_get(summary, s, n) for s in systems for n in split_names)
-    lines += (
-        []
-        if not has_split
-        else [
+    split_systems = [s for s in systems if any(_get(summary, s, n) for n in split_names)]
+    if split_systems:
+        lines += [
             "",
-            "## Where the server CPU goes (ms per request)",
+            "## Where Lungwatch's server CPU goes (ms per request)",
             "",
-            "| system | one at a time: gateway | model server | at saturation: gateway "
+            "| system | one at a time: gateway | model server | best closed loop: gateway "
             "| model server |",
             "|---|---|---|---|---|",
         ]
-    )
-    for s in systems if has_split else []:
+    for s in split_systems:
         cells = [fmt_spread(_get(summary, s, name), 2) for name in split_names]
         lines.append(f"| {labels[s]} | " + " | ".join(cells) + " |")
 
@@ -272,6 +436,10 @@ def markdown(data: Mapping[str, Any]) -> str:
         "A rate a system could not keep (under 95 % of it answered, or over 1 % errors) is "
         "marked † with the rate it achieved; higher rates were then not offered to it.",
         "",
+    ]
+    if plot:
+        lines += [f"![p99 latency against offered load, every system]({plot})", ""]
+    lines += [
         "| system | " + " | ".join(f"{_rate_key(r)} req/s" for r in rates) + " |",
         "|---|" + "---|" * len(rates),
     ]
@@ -292,6 +460,66 @@ def markdown(data: Mapping[str, Any]) -> str:
         lines.append(f"| {labels[s]} | " + " | ".join(cells) + " |")
     lines += ["", "Raw per-round figures: the JSON file next to this one.", ""]
     return "\n".join(lines)
+
+
+def p99_curves(data: Mapping[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:
+    """Per system: (offered rate, median p99 ms, kept in most rounds) up to the first rate it
+    did not keep in most rounds (a higher rate's median would rest on the few rounds that got
+    there)."""
+    summary = data["summary"]
+    curves: dict[str, list[tuple[float, float, bool]]] = {}
+    for system in data["meta"]["labels"]:
+        points = []
+        for rate in data["meta"]["rates"]:
+            key = _rate_key(rate)
+            p99 = _get(summary, system, f"p99_at_{key}_ms")
+            if p99 is None:
+                continue
+            kept = _get(summary, system, f"kept_at_{key}")
+            points.append((float(rate), p99["median"], bool(kept and kept["median"] >= 0.5)))
+            if not points[-1][2]:
+                break
+        if points:
+            curves[system] = points
+    return curves
+
+
+def plot_p99(data: Mapping[str, Any], path: Path) -> bool:
+    """p99 latency against offered load, one line per system (PNG); False when nothing ran."""
+    curves = p99_curves(data)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the harness runs headless
+    import matplotlib.pyplot as plt
+
+    labels: dict[str, str] = data["meta"]["labels"]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for system, points in curves.items():
+        rates = [p[0] for p in points]
+        p99s = [p[1] for p in points]
+        (line,) = ax.plot(rates, p99s, marker="o", label=labels[system])
+        lost = [p for p in points if not p[2]]
+        if lost:
+            ax.scatter([p[0] for p in lost], [p[1] for p in lost], marker="x", s=90,
+                       color=line.get_color(), zorder=3)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    rates = sorted({p[0] for points in curves.values() for p in points})
+    ax.set_xticks(rates, [f"{r:g}" for r in rates])
+    ax.set_xlabel("offered load, req/s (Poisson arrivals)")
+    ax.set_ylabel("p99 latency, ms (from scheduled send)")
+    meta = data["meta"]
+    ax.set_title(f"p99 latency against offered load, {meta['date']}\n"
+                 f"median of {meta['rounds']} round(s); × marks a rate not kept",
+                 fontsize=10)  # fmt: skip
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
 
 
 def code_line(rounds: Sequence[Mapping[str, Any]]) -> str:
@@ -335,7 +563,8 @@ def write(data: Mapping[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path
     json_path = out_dir / f"{stem}.json"
     md_path = out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    md_path.write_text(markdown(data))
+    plot = plot_name(stem)
+    md_path.write_text(markdown(data, plot if plot_p99(data, out_dir / plot) else None))
     return md_path, json_path
 
 

@@ -1,23 +1,30 @@
-"""The four systems the benchmark compares, their processes, and what they cost the machine.
+"""The systems the benchmark compares, their processes, and what they cost the machine.
 
-(1) bare `mlflow models serve`, (2) the full Lungwatch path with telemetry exported over OTLP,
-(3) the same with the OTel SDK disabled, (4) the same with micro-batching off. Every system
-serves the one model trained at the start of the run.
+(1) bare `mlflow models serve`; (2) BentoML with adaptive batching serving the registered ONNX
+file on onnxruntime and (3) the registered scikit-learn pipeline, each in the bench's own
+venv; (4) the full Lungwatch path with telemetry exported over OTLP, (5) the same with the
+OTel SDK disabled, (6) the same with micro-batching off. Every system serves the one model
+trained at the start of the run, and its cold start runs from its first process's start to
+its first successful prediction.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from bench.artifacts import ModelFiles
 from devtools.procs import (
     PYTHON,
+    REPO_ROOT,
     VENV_BIN,
     ManagedProcess,
     TrainedModel,
@@ -27,7 +34,13 @@ from devtools.procs import (
     model_server,
 )
 
-Kind = Literal["mlflow", "lungwatch"]
+Kind = Literal["mlflow", "bentoml", "lungwatch"]
+KINDS: tuple[Kind, ...] = ("mlflow", "bentoml", "lungwatch")
+SERVICE_FILE = REPO_ROOT / "bench" / "bentoml_service.py"
+# How often a starting system is asked for its first prediction: fine enough for cold starts
+# of about a second, coarse enough not to slow the start it measures.
+POLL_INTERVAL_S = 0.02
+COLD_START_TIMEOUT_S = 180.0
 
 
 @dataclass(frozen=True)
@@ -37,21 +50,29 @@ class SystemSpec:
     kind: Kind
     env: Mapping[str, str] = field(default_factory=dict)
     otlp: bool = False
+    service: str = ""  # bentoml: the service class in bench/bentoml_service.py
 
 
 SYSTEMS: tuple[SystemSpec, ...] = (
     SystemSpec("mlflow", "(1) bare mlflow models serve", "mlflow"),
-    SystemSpec("lungwatch", "(2) Lungwatch, full telemetry", "lungwatch", otlp=True),
+    SystemSpec("bentoml_onnx", "(2) BentoML, batching, ONNX", "bentoml", service="OnnxForest"),
+    SystemSpec(
+        "bentoml_sklearn",
+        "(3) BentoML, batching, scikit-learn",
+        "bentoml",
+        service="SklearnForest",
+    ),
+    SystemSpec("lungwatch", "(4) Lungwatch, full telemetry", "lungwatch", otlp=True),
     SystemSpec(
         "telemetry_off",
-        "(3) Lungwatch, telemetry off",
+        "(5) Lungwatch, telemetry off",
         "lungwatch",
         # The SDK hands out no-op tracers and meters; nothing is exported.
         env={"OTEL_SDK_DISABLED": "true"},
     ),
     SystemSpec(
         "batching_off",
-        "(4) Lungwatch, batching off",
+        "(6) Lungwatch, batching off",
         "lungwatch",
         env={"LUNGWATCH_GATEWAY_BATCHING": "false"},
         otlp=True,
@@ -59,10 +80,22 @@ SYSTEMS: tuple[SystemSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What every start needs: the registered model, its files, the BentoML venv."""
+
+    model: TrainedModel
+    files: ModelFiles
+    bentoml_venv: Path | None  # None when no BentoML system is benchmarked
+
+
 def request_body(kind: Kind, features: Sequence[int], columns: Sequence[str]) -> str:
     """One single-row request in the shape each system's clients send."""
     if kind == "mlflow":
         return json.dumps({"dataframe_split": {"columns": list(columns), "data": [list(features)]}})
+    if kind == "bentoml":
+        # the batchable API's one argument, a 2-D array: one row per request
+        return json.dumps({"features": [list(features)]})
     return json.dumps({"features": list(features)})
 
 
@@ -71,21 +104,12 @@ class RunningSystem:
     spec: SystemSpec
     url: str  # the prediction URL the load generator posts to
     processes: list[ManagedProcess]
-    startup_s: float
+    cold_start_s: float  # first process started -> first successful prediction
+    first_answer: Any  # the body of that prediction
 
     @property
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
-
-    def check(self, body: str) -> dict[str, Any]:
-        """One request through the system; fail early if it does not predict."""
-        response = httpx.post(
-            self.url, content=body, headers={"content-type": "application/json"}, timeout=30
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"{self.spec.key}: {response.status_code} {response.text[:500]}")
-        answer: dict[str, Any] = response.json()
-        return answer
 
     def stop(self) -> None:
         # the gateway first, so it never reports a missing model server while stopping
@@ -94,25 +118,141 @@ class RunningSystem:
 
 
 def start_system(
-    spec: SystemSpec, model: TrainedModel, log_dir: Path, otlp_endpoint: str | None
+    spec: SystemSpec,
+    serving: Serving,
+    log_dir: Path,
+    otlp_endpoint: str | None,
+    first_body: str,
 ) -> RunningSystem:
+    """Start a system and wait for its first successful prediction of `first_body`."""
+    starters = {"mlflow": _start_mlflow, "bentoml": _start_bentoml, "lungwatch": _start_lungwatch}
     began = time.perf_counter()
-    if spec.kind == "mlflow":
-        port = free_port()
-        proc = ManagedProcess(
+    processes: list[ManagedProcess] = []
+    try:
+        url = starters[spec.kind](spec, serving, log_dir, otlp_endpoint, processes)
+        answer = first_prediction(url, first_body, processes, COLD_START_TIMEOUT_S)
+    except BaseException:
+        for proc in reversed(processes):
+            proc.stop()
+        raise
+    return RunningSystem(spec, url, processes, time.perf_counter() - began, answer)
+
+
+def launch(proc: ManagedProcess, processes: list[ManagedProcess]) -> ManagedProcess:
+    """Start without ManagedProcess's readiness wait (0.2 s polls): the caller polls finer."""
+    proc.ready_url = None
+    processes.append(proc.start())
+    return proc
+
+
+def wait_for(
+    check: Callable[[], bool], processes: Sequence[ManagedProcess], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in processes:
+            if not proc.running:
+                raise RuntimeError(f"{proc.name} exited while starting:\n{proc.log_tail()}")
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        time.sleep(POLL_INTERVAL_S)
+    tails = "\n".join(f"--- {p.name} ---\n{p.log_tail()}" for p in processes)
+    raise RuntimeError(f"{what} did not happen within {timeout:g} s\n{tails}")
+
+
+def first_prediction(
+    url: str, body: str, processes: Sequence[ManagedProcess], timeout: float
+) -> Any:
+    answer: list[Any] = []
+    last: list[str] = []
+
+    def predicted() -> bool:
+        response = httpx.post(
+            url, content=body, headers={"content-type": "application/json"}, timeout=30
+        )
+        if response.status_code != 200:
+            last[:] = [f"{response.status_code} {response.text[:300]}"]
+            return False
+        answer.append(response.json())
+        return True
+
+    wait_for(predicted, processes, timeout, f"a first prediction from {url} ({last})")
+    return answer[0]
+
+
+def _start_mlflow(
+    spec: SystemSpec,
+    serving: Serving,
+    log_dir: Path,
+    otlp_endpoint: str | None,
+    processes: list[ManagedProcess],
+) -> str:
+    model = serving.model
+    port = free_port()
+    launch(
+        ManagedProcess(
             "mlflow-serve",
             [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model.model_uri,
              "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"],
             env=base_env(MLFLOW_TRACKING_URI=model.tracking_uri),
             log_dir=log_dir,
             cwd=model.workdir,
-            ready_url=f"http://127.0.0.1:{port}/ping",
-            ready_timeout=120,
-        ).start()  # fmt: skip
-        return RunningSystem(
-            spec, f"http://127.0.0.1:{port}/invocations", [proc], time.perf_counter() - began
-        )
+        ),
+        processes,
+    )  # fmt: skip
+    return f"http://127.0.0.1:{port}/invocations"
 
+
+def _start_bentoml(
+    spec: SystemSpec,
+    serving: Serving,
+    log_dir: Path,
+    otlp_endpoint: str | None,
+    processes: list[ManagedProcess],
+) -> str:
+    if serving.bentoml_venv is None:
+        raise RuntimeError(f"{spec.key} needs the BentoML venv")
+    workdir = log_dir / f"{spec.key}-service"
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A plain service file served from source, as `bentoml serve module:Class` documents;
+    # its own directory, so BentoML imports nothing else of this repository.
+    shutil.copy(SERVICE_FILE, workdir / SERVICE_FILE.name)
+    port = free_port()
+    env = base_env(
+        BENCH_ONNX_PATH=str(serving.files.onnx),
+        BENCH_PIPELINE_PATH=str(serving.files.pipeline),
+        BENCH_CODE_PATH=str(serving.files.code or ""),
+        BENTOML_HOME=str(log_dir / "bentoml-home"),
+        BENTOML_DO_NOT_TRACK="true",
+        PATH=f"{serving.bentoml_venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    env.pop("PYTHONPATH", None)  # nothing of the project's may leak into BentoML's venv
+    env.pop("VIRTUAL_ENV", None)
+    launch(
+        ManagedProcess(
+            f"{spec.key}-bentoml",
+            [str(serving.bentoml_venv / "bin" / "bentoml"), "serve",
+             f"{SERVICE_FILE.stem}:{spec.service}", "--working-dir", str(workdir),
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            log_dir=log_dir,
+            cwd=workdir,
+        ),
+        processes,
+    )  # fmt: skip
+    return f"http://127.0.0.1:{port}/predict"
+
+
+def _start_lungwatch(
+    spec: SystemSpec,
+    serving: Serving,
+    log_dir: Path,
+    otlp_endpoint: str | None,
+    processes: list[ManagedProcess],
+) -> str:
     telemetry_env = dict(spec.env)
     if spec.otlp:
         if otlp_endpoint is None:
@@ -120,31 +260,28 @@ def start_system(
         telemetry_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
     # With several model-server workers, worker i serves /metrics on this + i: not the fixed
     # default, which a `make run` or a test on this machine may hold.
-    server = model_server(
-        model,
-        log_dir,
-        name=f"{spec.key}-model-server",
-        ready_timeout=120,
-        extra_env=telemetry_env,
-        LUNGWATCH_MODEL_SERVER_METRICS_PORT=str(free_port()),
-    )
-    processes = [server.start()]
-    try:
-        # /ready, not /health: ready means the gateway reached the model server
-        front = gateway(
-            server.url,
+    server = launch(
+        model_server(
+            serving.model,
             log_dir,
-            name=f"{spec.key}-gateway",
-            ready_path="/ready",
+            name=f"{spec.key}-model-server",
             extra_env=telemetry_env,
-        )
-        processes.append(front)
-        front.start()
-    except Exception:
-        for proc in reversed(processes):
-            proc.stop()
-        raise
-    return RunningSystem(spec, f"{front.url}/predict", processes, time.perf_counter() - began)
+            LUNGWATCH_MODEL_SERVER_METRICS_PORT=str(free_port()),
+        ),
+        processes,
+    )
+    # As `make run` does: the gateway starts once the model server answers.
+    wait_for(
+        lambda: httpx.get(f"{server.url}/ping", timeout=1).status_code == 200,
+        processes,
+        COLD_START_TIMEOUT_S,
+        f"{server.name} ready",
+    )
+    front = launch(
+        gateway(server.url, log_dir, name=f"{spec.key}-gateway", extra_env=telemetry_env),
+        processes,
+    )
+    return f"{front.url}/predict"
 
 
 class Sink:

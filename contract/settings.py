@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The MLflow registry entry the model server loads unless told otherwise (`make run`, compose).
@@ -98,11 +98,47 @@ class GatewaySettings(BaseSettings):
         1000, ge=1, description="Online accuracy over the last this many feedbacks."
     )
     feedback_max_pending: int = Field(
-        100_000, ge=1, description="Predictions remembered for feedback (oldest dropped)."
+        100_000,
+        ge=1,
+        description="Answered prediction ids each replica remembers to refuse duplicates "
+        "(oldest forgotten first).",
     )
     feedback_ttl_seconds: float = Field(
-        3600.0, gt=0, description="How long a prediction accepts feedback (then 404)."
+        3600.0, gt=0, description="How long a prediction accepts feedback (then 410)."
     )
+    # Two keys so a rotation refuses no id: sign with the new key while the old one still
+    # verifies, and drop the old one once feedback_ttl_seconds have passed.
+    prediction_id_key: str = Field(
+        "",
+        repr=False,
+        description="Secret (16+ characters) that signs prediction ids, the same on every "
+        "replica (empty: a random key per process; ids verify only where issued).",
+    )
+    prediction_id_previous_key: str = Field(
+        "",
+        repr=False,
+        description="The key before the last rotation: ids it signed still verify.",
+    )
+    feedback_redis_url: str = Field(
+        "",
+        repr=False,
+        description="Redis shared by the replicas to refuse duplicate feedback "
+        "(e.g. redis://redis:6379/0; empty: duplicates are caught per replica only).",
+    )
+
+    @model_validator(mode="after")
+    def _shared_key_for_shared_store(self) -> GatewaySettings:
+        for name in ("prediction_id_key", "prediction_id_previous_key"):
+            if 0 < len(getattr(self, name)) < 16:
+                raise ValueError(f"{env_name(GatewaySettings, name)}: at least 16 characters")
+        # A shared store means several replicas: with per-process keys each would refuse the
+        # others' ids, so feedback would fail (N-1)/N of the time. Refuse to start instead.
+        if self.feedback_redis_url and not self.prediction_id_key:
+            raise ValueError(
+                "LUNGWATCH_GATEWAY_FEEDBACK_REDIS_URL is set (several replicas) but "
+                "LUNGWATCH_GATEWAY_PREDICTION_ID_KEY is not: set the same key on every replica"
+            )
+        return self
 
     @property
     def api_key_list(self) -> list[str]:

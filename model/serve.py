@@ -256,8 +256,9 @@ def create_model_server_app(
         return Response(body, status, media_type=JSON)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+    async def metrics(request: Request) -> Response:
+        body, content_type = telemetry.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/model")
     async def model() -> dict[str, str]:

@@ -2,8 +2,10 @@
 
 Configuration comes from the standard variables the SDK reads itself: OTEL_SERVICE_NAME,
 OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_ENDPOINT (and the per-signal variants),
-OTEL_TRACES_SAMPLER(_ARG), OTEL_METRIC_EXPORT_INTERVAL, OTEL_METRICS_EXEMPLAR_FILTER,
-OTEL_BSP_* queue limits, OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER ("none" turns OTLP off).
+OTEL_EXPORTER_OTLP_PROTOCOL (and per signal: grpc or http/protobuf), OTEL_TRACES_SAMPLER(_ARG),
+OTEL_METRIC_EXPORT_INTERVAL, OTEL_METRICS_EXEMPLAR_FILTER (default trace_based: exemplars only
+from sampled spans), OTEL_BSP_* queue limits, OTEL_TRACES_EXPORTER / OTEL_METRICS_EXPORTER
+(otlp, console, none; see telemetry/exporters.py).
 Tests inject in-memory span exporters and metric readers instead of patching globals.
 """
 
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -28,6 +29,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+
+from telemetry import exporters
+from telemetry.exposition import ExemplarPrometheusReader, exposition
+from telemetry.instruments import views
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +48,8 @@ def _process_defaults() -> None:
     os.environ.setdefault("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
     # A down backend makes these log every failed batch or dropped span; ReportingExporter
     # logs the transitions instead (failing / recovered) and the SDK metrics count the rest.
-    for noisy in (
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-        "opentelemetry.sdk._shared_internal",
-    ):
+    for noisy in exporters.NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-
-
-def _otlp_wanted(signal: str) -> bool:
-    """True when the standard env vars ask for OTLP export of this signal."""
-    exporter = os.environ.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower()
-    if exporter == "none":
-        return False
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")
-    )
 
 
 class ReportingExporter:
@@ -144,7 +134,14 @@ class Telemetry:
         )
 
     def prometheus_text(self) -> bytes:
+        """The classic text format (what a scraper gets without asking for OpenMetrics)."""
         return generate_latest(self.registry)
+
+    def exposition(self, accept_header: str | None) -> tuple[bytes, str]:
+        """/metrics for a scraper: OpenMetrics with exemplars when its Accept header asks
+        for it (Prometheus does with exemplar storage on), else the classic text format.
+        Returns (body, content type)."""
+        return exposition(self.registry, accept_header)
 
     def shutdown(self) -> None:
         """Flush what is buffered (bounded by the exporters' own timeouts), then stop."""
@@ -162,7 +159,7 @@ def build_telemetry(
     metric_readers: Sequence[MetricReader] = (),
     prometheus: bool = True,
 ) -> Telemetry:
-    """Providers for one process: Prometheus text always, OTLP when the env asks for it.
+    """Providers for one process: /metrics always, OTLP and console when the env asks.
 
     `span_exporter` and `metric_readers` are for tests (in-memory); spans given to an
     injected exporter are handed over synchronously so a test sees them at once.
@@ -180,32 +177,39 @@ def build_telemetry(
     ProcessCollector(registry=registry)
     readers: list[MetricReader] = list(metric_readers)
     if prometheus:
-        readers.append(PrometheusMetricReader(registry=registry))
-    if _otlp_wanted("METRICS"):
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
+        readers.append(ExemplarPrometheusReader(registry))
+    if exporters.otlp_wanted("METRICS"):
         # Interval from OTEL_METRIC_EXPORT_INTERVAL (default 60 s); exported off-thread.
         readers.append(
             PeriodicExportingMetricReader(
-                ReportingExporter(OTLPMetricExporter(), "metrics")  # type: ignore[arg-type]
+                ReportingExporter(exporters.otlp_metric_exporter(), "metrics")  # type: ignore[arg-type]
             )
         )
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    if exporters.console_wanted("METRICS"):
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    # The exemplar filter and reservoirs are the SDK's (OTEL_METRICS_EXEMPLAR_FILTER); the
+    # views name the libraries' instruments for Prometheus and drop the unread ones.
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=views())
 
     # Sampler: None lets the SDK read OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
     tracer_provider = TracerProvider(resource=resource)
     if span_exporter is not None:
         tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
-    if _otlp_wanted("TRACES"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+    if exporters.otlp_wanted("TRACES"):
         # The batch processor exports from its own thread and its queue is bounded
         # (OTEL_BSP_MAX_QUEUE_SIZE, 2048): with the backend down or silent, spans are
         # dropped and counted, never queued without limit, and no request waits on them.
-        exporter = ReportingExporter(OTLPSpanExporter(meter_provider=meter_provider), "traces")
+        exporter = ReportingExporter(exporters.otlp_span_exporter(meter_provider), "traces")
         tracer_provider.add_span_processor(
             BatchSpanProcessor(exporter, meter_provider=meter_provider)  # type: ignore[arg-type]
         )
+    if exporters.console_wanted("TRACES"):
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        # Batched too: a request never waits on stdout.
+        tracer_provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
 
     return Telemetry(
         service_name=service_name,

@@ -1,10 +1,13 @@
-"""Every instrument Lungwatch declares: name, kind, unit, buckets and description, in one place.
+"""Every instrument Lungwatch exports: its own (name, kind, unit, buckets, description), and the
+instrumentations' and the SDK's, renamed by Views to their Prometheus names or dropped.
 
-Instrument names are the exact Prometheus names of the metric contract, suffixes included,
-so both exporters print them unchanged: the SDK's PrometheusMetricReader appends a unit or
-`_total` suffix only when the name does not already end with it, and the Collector's
-exporter is configured not to add suffixes (see otel-collector.yaml). CPU/RAM gauges use
-an empty unit on purpose: "%" would add `_percent` and "1" adds `_ratio` in the Collector.
+Instrument names are the exact Prometheus names, suffixes included, so both paths print
+them unchanged: the direct /metrics (the SDK's Prometheus reader) appends a unit or `_total`
+suffix only when the name does not already end with it, and the Collector's exporter
+(otel-collector.yaml, UnderscoreEscapingWithoutSuffixes) adds none, writing a counter whose
+name lacks `_total` as type `unknown`. So a counter's name ends in `_total` and a
+histogram's in its unit. CPU/RAM gauges use an empty unit on purpose: "%" would add
+`_percent`. tests/config/test_collector_names.py derives both paths' names from the code.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
 
 class Kind(StrEnum):
     COUNTER = "counter"
+    UP_DOWN_COUNTER = "up_down_counter"  # exported as a gauge on both paths
     HISTOGRAM = "histogram"
     GAUGE = "gauge"
     OBSERVABLE_GAUGE = "observable_gauge"
@@ -221,6 +225,94 @@ def create(meter: Meter, spec: InstrumentSpec, callbacks: Any = None) -> Any:
         )
     if spec.kind is Kind.GAUGE:
         return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
+    if spec.kind is Kind.UP_DOWN_COUNTER:
+        return meter.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
     return meter.create_observable_gauge(
         spec.name, callbacks=callbacks or [], unit=spec.unit, description=spec.description
     )
+
+
+# --- instruments others create: the HTTP instrumentations and the SDK itself --------------
+@dataclass(frozen=True)
+class RenamedInstrument:
+    """An instrument a library creates under an OpenTelemetry name, exported under `name`.
+
+    The View that renames it keeps the library's unit, kind and buckets; `name` carries the
+    suffixes both Prometheus paths need (see the module docstring)."""
+
+    source: str  # the instrument name the library creates
+    name: str  # the Prometheus name, also the OTLP name after the View
+    kind: Kind
+    unit: str
+    used_by: str = ""  # who reads it
+
+
+RENAMED_INSTRUMENTS: tuple[RenamedInstrument, ...] = (
+    RenamedInstrument(
+        "http.server.request.duration", "http_server_request_duration_seconds",
+        Kind.HISTOGRAM, "s", used_by="README Metrics (gateway and model server)",
+    ),
+    RenamedInstrument(
+        "http.client.request.duration", "http_client_request_duration_seconds",
+        Kind.HISTOGRAM, "s", used_by="README Metrics (gateway to model server)",
+    ),
+    # The batch span processor's health: `error_type="queue_full"` counts dropped spans.
+    RenamedInstrument(
+        "otel.sdk.processor.span.processed", "otel_sdk_processor_span_processed_total",
+        Kind.COUNTER, "{span}",
+        used_by="README Metrics and Failure behaviour (spans dropped)",
+    ),
+    RenamedInstrument(
+        "otel.sdk.processor.span.queue.size", "otel_sdk_processor_span_queue_size",
+        Kind.UP_DOWN_COUNTER, "{span}", used_by="README Metrics",
+    ),
+    RenamedInstrument(
+        "otel.sdk.processor.span.queue.capacity", "otel_sdk_processor_span_queue_capacity",
+        Kind.UP_DOWN_COUNTER, "{span}", used_by="README Metrics (otel_sdk_processor_span_*)",
+    ),
+    RenamedInstrument(
+        "otel.sdk.exporter.span.exported", "otel_sdk_exporter_span_exported_total",
+        Kind.COUNTER, "{span}", used_by="README Metrics (otel_sdk_exporter_span_*)",
+    ),
+    RenamedInstrument(
+        "otel.sdk.exporter.span.inflight", "otel_sdk_exporter_span_inflight",
+        Kind.UP_DOWN_COUNTER, "{span}", used_by="README Metrics (otel_sdk_exporter_span_*)",
+    ),
+    RenamedInstrument(
+        "otel.sdk.exporter.operation.duration", "otel_sdk_exporter_operation_duration_seconds",
+        Kind.HISTOGRAM, "s", used_by="README Metrics (export failures by error_type)",
+    ),
+)  # fmt: skip
+
+# Instruments the FastAPI/ASGI and httpx instrumentations (and one of the SDK) create that no
+# dashboard, rule or documented query reads: dropped by a View, so a request pays nothing to
+# aggregate them and neither path exports them. The old-convention names only exist with
+# OTEL_SEMCONV_STABILITY_OPT_IN=http/dup; they are dropped too so that mode adds nothing.
+DROPPED_INSTRUMENTS: tuple[str, ...] = (
+    "http.server.active_requests",
+    "http.server.request.body.size",
+    "http.server.response.body.size",
+    "http.server.duration",
+    "http.server.request.size",
+    "http.server.response.size",
+    "http.client.duration",
+    "http.client.request.size",
+    "http.client.response.size",
+    "http.client.request.body.size",
+    "http.client.response.body.size",
+    # Recorded by every metric reader per collection; its default boundaries are sized for
+    # milliseconds although its unit is seconds, and nothing reads it.
+    "otel.sdk.metric_reader.collection.duration",
+)
+
+
+def views() -> list[Any]:
+    """The SDK Views that give other libraries' instruments their Prometheus names and drop
+    the ones nothing reads."""
+    from opentelemetry.sdk.metrics.view import DropAggregation, View
+
+    renamed = [View(instrument_name=r.source, name=r.name) for r in RENAMED_INSTRUMENTS]
+    dropped = [
+        View(instrument_name=name, aggregation=DropAggregation()) for name in DROPPED_INSTRUMENTS
+    ]
+    return renamed + dropped

@@ -1,44 +1,45 @@
-"""POST /feedback: the true level of an earlier prediction, for online accuracy and recall."""
+"""POST /feedback: the true level of an earlier prediction, for online accuracy and recall.
+
+The prediction id carries what the check needs (signed: see api.prediction_ids), so any
+replica answers, whichever one made the prediction.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import MonitorDep, SettingsDep
+from api.deps import MonitorDep
 from api.errors import error_response
 from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 
 router = APIRouter(tags=["monitoring"])
+
+STATUS = {
+    "unknown_prediction": 404,
+    "expired_prediction": 410,
+    "duplicate": 409,
+}
 
 
 @router.post(
     "/feedback",
     response_model=FeedbackResponse,
     responses={
-        404: {"model": ErrorResponse},
-        409: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
+        404: {"model": ErrorResponse, "description": "Not an id this service issued"},
+        409: {"model": ErrorResponse, "description": "This prediction already has feedback"},
+        410: {"model": ErrorResponse, "description": "The prediction is too old for feedback"},
+        422: {"model": ErrorResponse, "description": "Invalid body"},
     },
     summary="Report the true level of an earlier prediction (online accuracy)",
 )
 async def feedback(
-    body: FeedbackRequest, request: Request, settings: SettingsDep, monitor: MonitorDep
+    body: FeedbackRequest, request: Request, monitor: MonitorDep
 ) -> FeedbackResponse | JSONResponse:
-    result = monitor.record_feedback(body.prediction_id, body.true_class)
-    if result == "unknown_prediction":
-        return error_response(
-            request.scope,
-            404,
-            result,
-            f"no prediction {body.prediction_id} awaiting feedback: unknown, older than "
-            f"{settings.feedback_ttl_seconds:g}s, or not among the last "
-            f"{settings.feedback_max_pending} predictions",
-        )
-    if result == "duplicate":
-        return error_response(
-            request.scope, 409, result, f"prediction {body.prediction_id} already has feedback"
-        )
+    outcome = await monitor.record_feedback(body.prediction_id, body.true_class)
+    if outcome.result != "accepted":
+        message = f"prediction {body.prediction_id}: {outcome.message}"
+        return error_response(request.scope, STATUS[outcome.result], outcome.result, message)
     return FeedbackResponse(
-        status="recorded", prediction_id=body.prediction_id, correct=monitor.feedback.last_correct
+        status="recorded", prediction_id=body.prediction_id, correct=outcome.correct
     )

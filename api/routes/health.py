@@ -51,5 +51,7 @@ async def ready(
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics of the gateway")
-async def prometheus_metrics(telemetry: TelemetryDep) -> Response:
-    return Response(telemetry.prometheus_text(), media_type="text/plain; version=0.0.4")
+async def prometheus_metrics(telemetry: TelemetryDep, request: Request) -> Response:
+    # OpenMetrics (with exemplars) when the scraper asks for it, else the classic format.
+    body, content_type = telemetry.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -47,14 +46,14 @@ def _elapsed(request: Request) -> float:
     return round(time.perf_counter() - started, 6) if started else 0.0
 
 
-def _predictions(answer: ModelAnswer) -> list[Prediction]:
+def _predictions(answer: ModelAnswer, monitor: ModelMonitor) -> list[Prediction]:
     return [
         Prediction(
             prediction=row.prediction,
             label=row.label,
             prediction_probabilities=list(row.probabilities),
             confidence=row.confidence,
-            prediction_id=uuid.uuid4().hex,
+            prediction_id=monitor.issue_id(row.prediction, answer.model_version),
         )
         for row in answer.rows
     ]
@@ -65,7 +64,7 @@ async def score(
 ) -> tuple[list[Prediction], str]:
     """Predict rows through the batcher and record what the model said about them."""
     answer = await batcher.predict(rows)
-    predictions = _predictions(answer)
+    predictions = _predictions(answer, monitor)
     last = predictions[-1]
     metrics.record_prediction(last.prediction, last.confidence)
     monitor.observe(rows, [(p.prediction_id, p.prediction, p.confidence) for p in predictions])

@@ -32,7 +32,7 @@ def test_predict_response_shape(gateway: App) -> None:
     assert body["prediction_probabilities"] == [0.7, 0.2, 0.1]
     assert body["confidence"] == 0.7
     assert body["model_version"] == "7"
-    assert len(body["trace_id"]) == 32 and len(body["prediction_id"]) == 32
+    assert len(body["trace_id"]) == 32 and len(body["prediction_id"]) == 64
     assert body["latency_seconds"] >= 0
 
 

@@ -147,6 +147,9 @@ def test_progress_line_once_a_second_while_running() -> None:
     )
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1  # a non-terminal gets one line per second, no carriage returns
-    assert re.match(r"\[   1\.0s\] sent 2[01] \(2[01]\.\d/s\) 2xx \d+ 4xx 0 5xx 0", lines[0])
+    # 20/s for one second: one request either side of the boundary on a busy machine
+    assert re.match(
+        r"\[   1\.0s\] sent (?:19|20|21) \((?:19|20|21)\.\d/s\) 2xx \d+ 4xx 0 5xx 0", lines[0]
+    )
     assert "p50 " in lines[0] and "p99 " in lines[0]
     assert recorder.sent == 26

@@ -15,46 +15,20 @@ from tests.unit.test_gateway import counter_values
 GOOD = list(EXAMPLE_FEATURES)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_feedback_accuracy_and_recall_over_a_sliding_window() -> None:
     store = FeedbackStore(window=4)
     outcomes = [(0, 0), (1, 1), (2, 1), (2, 2), (0, 2), (1, 1)]  # (predicted, true)
-    for index, (predicted, _) in enumerate(outcomes):
-        store.remember(f"p{index}", predicted)
-    for index, (_, true) in enumerate(outcomes):
-        assert store.record(f"p{index}", true) == "accepted"
+    assert [store.record(p, t) for p, t in outcomes] == [True, True, False, True, False, True]
     # The window keeps the last four: (2,1) (2,2) (0,2) (1,1): two right.
     assert store.size == 4 and store.accuracy() == 0.5
     assert store.recall(1) == 0.5 and store.recall(2) == 0.5 and store.recall(0) is None
 
 
-def test_feedback_unknown_duplicate_and_expired_ids() -> None:
-    clock = Clock()
-    store = FeedbackStore(ttl_seconds=60, clock=clock)
-    store.remember("a", 1)
-    store.remember("b", 2)
-    assert store.record("zzz", 1) == "unknown_prediction"
-    assert store.record("a", 1) == "accepted"
-    assert store.record("a", 1) == "duplicate"
-    clock.now = 61
-    assert store.record("b", 2) == "unknown_prediction"  # expired
-
-
 def test_feedback_memory_is_bounded_under_a_long_stream() -> None:
-    store = FeedbackStore(window=100, max_pending=500)
+    store = FeedbackStore(window=100)
     for index in range(20_000):
-        store.remember(str(index), index % 3)
-        if index % 2:
-            store.record(str(index - 1), index % 3)
-    assert store.pending <= 500 and store.size == 100
-    assert len(store._answered) <= 500
+        store.record(index % 3, (index // 2) % 3)
+    assert store.size == 100 and len(store._outcomes) == 100
 
 
 def training_reference() -> tuple[dict[str, list[int]], list[list[int]]]:
@@ -97,7 +71,11 @@ def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: Ap
     )
     again = gateway.client.post("/feedback", json={"prediction_id": first, "level": "Low"})
     assert again.status_code == 409 and again.json()["error"] == "duplicate"
-    unknown = gateway.client.post("/feedback", json={"prediction_id": "abc123", "level": "Low"})
+    malformed = gateway.client.post("/feedback", json={"prediction_id": "abc123", "level": "Low"})
+    assert malformed.status_code == 404 and malformed.json()["error"] == "unknown_prediction"
+    assert "64 hex digits" in malformed.json()["message"]
+    forged = first[:-1] + ("0" if first[-1] != "0" else "1")
+    unknown = gateway.client.post("/feedback", json={"prediction_id": forged, "level": "Low"})
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_prediction"
     for bad in (
         {"prediction_id": first, "level": "Severe"},
@@ -107,6 +85,15 @@ def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: Ap
         assert gateway.client.post("/feedback", json=bad).status_code == 422
     monitor = gateway.client.app.state.monitor  # type: ignore[attr-defined]
     assert monitor.feedback.accuracy() == 0.5
+    assert counter_values(gateway, "model_feedback_outcomes_total") == {
+        (("actual", "Low"), ("correct", "true"), ("predicted", "Low")): 1,
+        (("actual", "High"), ("correct", "false"), ("predicted", "Low")): 1,
+    }
+    assert counter_values(gateway, "model_feedback_total") == {
+        (("result", "accepted"),): 2,
+        (("result", "duplicate"),): 1,
+        (("result", "unknown_prediction"),): 2,
+    }
     # Feedback is not a prediction request: the contract counters did not move.
     assert sum(counter_values(gateway, "api_total_requests_total").values()) == 4
 

@@ -1,0 +1,180 @@
+"""Signed prediction ids (verified by any holder of the key) and the duplicate check of /feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from api.feedback_store import AnsweredIds, LocalAnswered
+from api.prediction_ids import TOKEN_BYTES, InvalidPredictionId, PredictionIds
+from contract.settings import GatewaySettings
+from telemetry import build_telemetry
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reason(ids: PredictionIds, token: str) -> str:
+    with pytest.raises(InvalidPredictionId) as refused:
+        ids.verify(token)
+    return refused.value.reason
+
+
+def test_an_id_issued_by_one_replica_verifies_on_another_with_the_same_key() -> None:
+    clock = Clock()
+    issuer, other = PredictionIds(KEY, clock=clock), PredictionIds(KEY, clock=clock)
+    token = issuer.issue(2, "17")
+    # The shape /feedback's schema has always accepted: lowercase hex, at most 64 digits.
+    assert len(token) == 2 * TOKEN_BYTES == 64 and token == token.lower()
+    verified = other.verify(token)
+    assert (verified.predicted, verified.model_version) == (2, "17")
+    assert verified.issued_at == int(clock.now)
+    assert issuer.issue(2, "17") != token  # a random part: equal predictions, distinct ids
+
+
+def test_a_version_that_is_not_a_registry_number_is_carried_as_unknown() -> None:
+    ids = PredictionIds(KEY)
+    assert ids.verify(ids.issue(0, "runs:/abc/model")).model_version is None
+    assert ids.verify(ids.issue(1, None)).model_version is None
+
+
+def test_forged_malformed_and_expired_ids_are_refused_with_their_reason() -> None:
+    clock = Clock()
+    ids = PredictionIds(KEY, ttl_seconds=60, clock=clock)
+    token = ids.issue(1, "3")
+    assert reason(PredictionIds(OTHER, clock=clock), token) == "forged"
+    flipped = token[:20] + ("0" if token[20] != "0" else "1") + token[21:]  # the class byte
+    assert reason(ids, flipped) == "forged"
+    for bad in ("abc123", token[:-2], token + "00", "zz" * 32, "02" + token[2:]):
+        assert reason(ids, bad) == "malformed", bad
+    clock.now += 59
+    assert ids.verify(token).remaining(clock.now) == pytest.approx(1)
+    clock.now += 1
+    assert reason(ids, token) == "expired"
+
+
+def test_rotation_signs_with_the_new_key_and_still_accepts_the_previous_one() -> None:
+    old = PredictionIds(OTHER)
+    token = old.issue(0, "1")
+    rotated = PredictionIds(KEY, [OTHER])
+    assert rotated.verify(token).predicted == 0
+    fresh = rotated.issue(1, "1")
+    assert PredictionIds(KEY).verify(fresh).predicted == 1  # signed with the new key
+    assert reason(PredictionIds(KEY), token) == "forged"  # once the old key is dropped
+
+
+def test_without_a_key_ids_verify_only_in_the_issuing_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, "lungwatch.prediction_ids"):
+        one = PredictionIds.from_settings(GatewaySettings())
+    assert "PREDICTION_ID_KEY is not set" in caplog.text and not one.shared_key
+    token = one.issue(1, "1")
+    assert one.verify(token).predicted == 1
+    assert reason(PredictionIds.from_settings(GatewaySettings()), token) == "forged"
+    shared = GatewaySettings(prediction_id_key="s" * 20, feedback_ttl_seconds=5)
+    assert PredictionIds.from_settings(shared).ttl_seconds == 5
+    assert PredictionIds.from_settings(shared).verify(
+        PredictionIds.from_settings(shared).issue(2, "4")
+    )
+
+
+def test_settings_refuse_a_shared_store_without_a_shared_key_and_short_keys() -> None:
+    with pytest.raises(ValueError, match="PREDICTION_ID_KEY is not"):
+        GatewaySettings(feedback_redis_url="redis://127.0.0.1:6379/0")
+    with pytest.raises(ValueError, match="at least 16"):
+        GatewaySettings(prediction_id_key="short")
+    GatewaySettings(feedback_redis_url="redis://127.0.0.1:6379/0", prediction_id_key="x" * 16)
+
+
+def test_local_answered_ids_are_bounded_and_forget_expired_ones() -> None:
+    clock = Clock(0)
+    answered = LocalAnswered(max_size=3, clock=clock)
+    assert answered.claim("a", 10) and not answered.claim("a", 10)
+    assert answered.claim("b", 100) and answered.claim("c", 100)
+    clock.now = 11  # "a" expired: dropped before the count bound is applied
+    assert answered.claim("d", 100) and len(answered) == 3
+    assert answered.claim("e", 100) and len(answered) == 3  # the oldest ("b") went
+    assert answered.claim("b", 100)
+
+
+class ScriptedStore:
+    """Stands in for Redis in this unit test (tests/integration uses a real redis-server)."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.down = False
+        self.calls = 0
+
+    async def claim(self, token: str, ttl_seconds: float) -> bool:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("refused")
+        first = token not in self.keys
+        self.keys.add(token)
+        return first
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _gauge(reader: InMemoryMetricReader, name: str) -> list[float | None]:
+    data = reader.get_metrics_data()
+    return [
+        getattr(point, "value", None)
+        for rm in (data.resource_metrics if data else [])
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+def test_shared_store_refuses_another_replicas_duplicate_and_degrades_when_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(0)
+    store = ScriptedStore()
+    readers = [InMemoryMetricReader(), InMemoryMetricReader()]
+    one, two = (
+        AnsweredIds(build_telemetry("t", metric_readers=[r]), store, retry_seconds=5, clock=clock)
+        for r in readers
+    )
+
+    async def scenario() -> None:
+        assert await one.claim("id-1", 100)
+        assert not await two.claim("id-1", 100)  # another replica, same store
+        store.down = True
+        with caplog.at_level(logging.INFO, "lungwatch.feedback_store"):
+            assert await one.claim("id-2", 100)  # degraded: accepted on local evidence
+            assert await one.claim("id-3", 100)  # inside retry_seconds: the store is left alone
+            assert not await one.claim("id-2", 100)  # still refused on this replica
+            assert store.calls == 3
+            assert _gauge(readers[0], "gateway_feedback_store_up") == [0]
+            assert _gauge(readers[0], "gateway_feedback_store_fallbacks_total") == [2]
+            store.down = False
+            clock.now = 6
+            assert await one.claim("id-4", 100)
+        assert _gauge(readers[0], "gateway_feedback_store_up") == [1]
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2 and "unavailable" in lines[0] and "again" in lines[1]
+
+    asyncio.run(scenario())
+
+
+def test_no_shared_store_means_no_store_gauge() -> None:
+    reader = InMemoryMetricReader()
+    answered = AnsweredIds(build_telemetry("t", metric_readers=[reader]))
+    assert asyncio.run(answered.claim("x", 1e12))
+    assert _gauge(reader, "gateway_feedback_store_up") == []
