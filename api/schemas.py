@@ -166,7 +166,12 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"prediction_id": "c19daa3908964c049dd80656505fec21583a31c880dac61b2423a4cce1e0de2e", "level": "Low"}]
+            "examples": [
+                {
+                    "prediction_id": "c19daa3908964c049dd80656505fec21583a31c880dac61b2423a4cce1e0de2e",
+                    "level": "Low",
+                }
+            ]
         },
     )
 
