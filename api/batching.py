@@ -9,7 +9,8 @@ time, so fuller calls mean more predictions per second.
 
 Tracing: the call gets a `model_server.batch` span, child of a sampled member (its first
 when none is) and linked to every request in it; each request gets a
-`model_server.batched_predict` span, from enqueue to answer, linked to the batch span. Every request keeps its own trace.
+`model_server.batched_predict` span, from enqueue to answer, linked to the batch span.
+Every request keeps its own trace.
 
 Time comes from `clock` (seconds, monotonic), so a test can move it instead of sleeping.
 """

@@ -168,7 +168,8 @@ class FeedbackRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "prediction_id": "c19daa3908964c049dd80656505fec21583a31c880dac61b2423a4cce1e0de2e",
+                    "prediction_id": "c19daa3908964c049dd80656505fec21"
+                    "583a31c880dac61b2423a4cce1e0de2e",
                     "level": "Low",
                 }
             ]
