@@ -83,6 +83,15 @@ def load_reference(info: ModelInfo) -> dict[str, Any] | None:
     return reference
 
 
+def load_pyfunc(model_uri: str) -> Any:
+    """The registered model. MLflow's check of its requirements against the installed packages
+    is skipped: it costs seconds of every start, and the model server installs from the same
+    uv.lock the model was trained with."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri, suppress_warnings=True)
+
+
 class Inference:
     """Timing, outcome and row counting of every model call, in one place: the `model.predict`
     span and `model_inference_seconds`, for /invocations and the lean path alike."""
@@ -233,14 +242,13 @@ def create_model_server_app(
     model_uri: str, telemetry: Telemetry, *, pyfunc_model: Any = None
 ) -> FastAPI:
     import mlflow
-    import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
 
     # The same default store as training, so `make run` finds what it registered.
     mlflow.set_tracking_uri(tracking_uri())
     info = resolve_model_info(model_uri)
     if pyfunc_model is None:
-        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
+        pyfunc_model = load_pyfunc(model_uri)
     risk_model = pyfunc_model.unwrap_python_model()
     info = replace(info, runtime=risk_model.runtime)
     inference = Inference(telemetry)
@@ -318,10 +326,9 @@ def serve_workers(settings: ModelServerSettings) -> int:
     (copy-on-write keeps the model's pages shared). SIGTERM is passed on to every worker; a
     worker that dies is replaced."""
     import mlflow
-    import mlflow.pyfunc
 
     mlflow.set_tracking_uri(tracking_uri())
-    pyfunc_model = mlflow.pyfunc.load_model(settings.model_uri)
+    pyfunc_model = load_pyfunc(settings.model_uri)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
