@@ -124,7 +124,7 @@ class Report:
     """Every evaluation of one training: the registered model first."""
 
     classifier: str
-    registered: Evaluation  # calibrated: what is served
+    registered: Evaluation  # what is served (for the forest: calibrated)
     uncalibrated: Evaluation
     baselines: list[Evaluation]
     seconds: float
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         print(refused, file=sys.stderr)
         return 1
     summary = {
-        k: round(v, 6) for k, v in result.metrics.items() if not k.startswith(("uncal", "baseline"))
+        k: v for k, v in result.metrics.items() if not k.startswith(("uncalibrated", "baseline"))
     }
     print(
         json.dumps(
