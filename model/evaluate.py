@@ -210,12 +210,12 @@ def _platt(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     return a, b
 
 
-def calibration_input(estimator: Any, x: np.ndarray) -> np.ndarray:
+def calibration_input(estimator: Any, x: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """What CalibratedClassifierCV calibrates: the decision function when there is one
-    (logistic regression), otherwise the probabilities (forest)."""
+    (logistic regression), otherwise the probabilities (forest), given as `proba`."""
     if hasattr(estimator, "decision_function"):
         return np.asarray(estimator.decision_function(x))
-    return np.asarray(estimator.predict_proba(x))
+    return proba
 
 
 def cross_validate(
@@ -245,7 +245,7 @@ def cross_validate(
         for train_idx, test_idx in splits:
             estimator = make_estimator().fit(x[train_idx], y[train_idx])
             held_out[repeat, test_idx] = estimator.predict_proba(x[test_idx])
-            scored[test_idx] = calibration_input(estimator, x[test_idx])
+            scored[test_idx] = calibration_input(estimator, x[test_idx], held_out[repeat, test_idx])
         for train_idx, test_idx in splits:
             calibrator = SigmoidCalibrator.fit(scored[train_idx], y[train_idx])
             calibrated[repeat, test_idx] = calibrator.predict_proba(scored[test_idx])
