@@ -23,6 +23,8 @@ COPY contract/ contract/
 COPY telemetry/ telemetry/
 COPY model/ model/
 COPY data/ data/
+# Training logs the model card with the run.
+COPY docs/model-card.md docs/model-card.md
 
 # MLflow's sqlite store keeps artifacts under ./mlruns of the working directory (/app).
 # Telemetry export is off while training: no Collector exists at build time.
