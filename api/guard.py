@@ -3,6 +3,7 @@ size and the in-flight limit. Each refusal is quick, a JSON error, and counted."
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Sequence
 
@@ -11,6 +12,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
 from api.observability import PREDICTION_ENDPOINTS
+
+# Key in the ASGI scope state: which API key the request authenticated with, as a short
+# digest (never the key itself), or absent when keys are off. Feedback is bound to it.
+API_KEY_ID = "lungwatch.api_key_id"
+
+
+def key_id(key: str | bytes) -> str:
+    """A stable, non-reversible name for an API key (16 hex characters of its SHA-256)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class TooLarge(Exception):
@@ -31,6 +42,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.api_keys = [k.encode() for k in api_keys if k]
+        self.api_key_ids = [key_id(k) for k in self.api_keys]
         self.guarded_paths = guarded_paths
         self.in_flight = 0
 
@@ -81,14 +93,27 @@ class RequestGuard:
             self.in_flight -= 1
 
     def _refuse_by_headers(self, scope: Scope, headers: Headers):  # type: ignore[no-untyped-def]
-        if self.api_keys and not self._authorized(headers):
-            return error_response(
-                scope,
-                401,
-                "unauthorized",
-                "missing or invalid API key: send it as `X-API-Key` or `Authorization: Bearer`",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        if self.api_keys:
+            supplied = _credentials(headers)
+            if supplied is None:
+                return error_response(
+                    scope,
+                    401,
+                    "unauthorized",
+                    "conflicting API keys: `X-API-Key` and `Authorization: Bearer` differ; "
+                    "send one",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            matched = self._match(supplied)
+            if matched is None:
+                return error_response(
+                    scope,
+                    401,
+                    "unauthorized",
+                    "missing or invalid API key: send it as `X-API-Key` or `Authorization: Bearer`",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            scope.setdefault("state", {})[API_KEY_ID] = self.api_key_ids[matched]
         if scope["method"] != "POST":
             return None  # FastAPI answers 405 itself
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
@@ -110,15 +135,14 @@ class RequestGuard:
             )
         return None
 
-    def _authorized(self, headers: Headers) -> bool:
-        supplied = headers.get("x-api-key") or ""
-        authorization = headers.get("authorization", "")
-        if not supplied and authorization.lower().startswith("bearer "):
-            supplied = authorization[7:].strip()
+    def _match(self, supplied: str) -> int | None:
+        """Index of the key that matches, or None."""
         candidate = supplied.encode()
         # compare_digest against every key, so timing says nothing about which one matched.
         matches = [hmac.compare_digest(candidate, key) for key in self.api_keys]
-        return bool(supplied) and any(matches)
+        if not supplied or not any(matches):
+            return None
+        return matches.index(True)
 
     async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
         """The whole body, refusing it as soon as it passes the limit (chunked too)."""
@@ -136,6 +160,17 @@ class RequestGuard:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _credentials(headers: Headers) -> str | None:
+    """The key the client sent ("" when none); None when its two headers disagree, since
+    resolving that by header order would let a proxy's key and a client's key mix."""
+    supplied = headers.get("x-api-key") or ""
+    authorization = headers.get("authorization", "")
+    bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    if supplied and bearer and not hmac.compare_digest(supplied.encode(), bearer.encode()):
+        return None
+    return supplied or bearer
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -81,6 +81,10 @@ def guarded() -> tuple[TestClient, InMemoryMetricReader]:
         ({"X-API-Key": "wrong"}, 401),
         ({"Authorization": "Bearer key-two"}, 200),
         ({"X-API-Key": "key-one"}, 200),
+        # Two headers that disagree are refused, whichever order they come in.
+        ({"X-API-Key": "key-one", "Authorization": "Bearer key-two"}, 401),
+        ({"Authorization": "Bearer key-two", "X-API-Key": "key-one"}, 401),
+        ({"X-API-Key": "key-one", "Authorization": "Bearer key-one"}, 200),
     ],
 )
 def test_api_key_on_prediction_endpoints(guarded, headers: dict[str, str], status: int) -> None:  # type: ignore[no-untyped-def]
