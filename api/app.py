@@ -20,7 +20,7 @@ from api.feedback_store import AnsweredIds
 from api.guard import RequestGuard
 from api.model_client import ModelClient
 from api.monitoring import FeedbackStore, ModelMonitor
-from api.observability import PREDICTION_ENDPOINTS, GatewayMetrics, ObservabilityMiddleware
+from api.observability import GUARDED_ENDPOINTS, GatewayMetrics, ObservabilityMiddleware
 from api.prediction_ids import PredictionIds
 from api.routes import feedback, health, predict
 from api.routes.health import ReadinessCache
@@ -124,10 +124,12 @@ def create_app(
         app.include_router(health.metrics_router)
 
     # add_middleware wraps: the last added runs first. The guard runs inside the
-    # accounting, so its refusals are counted like any other failed request.
+    # accounting middleware, which times and logs its refusals; the guard says when a
+    # request is admitted (counted as traffic), so refusals stay out of the traffic counts.
     app.add_middleware(
         RequestGuard,
-        guarded_paths=PREDICTION_ENDPOINTS | {"/feedback"},
+        guarded_paths=GUARDED_ENDPOINTS,
+        admit=metrics.admit,
         max_body_bytes=settings.max_body_bytes,
         max_in_flight=settings.max_in_flight,
         api_keys=settings.api_key_list,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +37,7 @@ class RequestGuard:
         max_in_flight: int,
         api_keys: Sequence[str] = (),
         guarded_paths: frozenset[str] = PREDICTION_ENDPOINTS,
+        admit: Callable[[Scope], None] = lambda scope: None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -44,6 +45,7 @@ class RequestGuard:
         self.api_keys = [k.encode() for k in api_keys if k]
         self.api_key_ids = [key_id(k) for k in self.api_keys]
         self.guarded_paths = guarded_paths
+        self.admit = admit  # counts the request as traffic (api.observability)
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,6 +66,10 @@ class RequestGuard:
                 )
             else:
                 receive = _replay(body, receive)
+        if refusal is None:
+            # Past authentication and the body checks: the request is traffic from here on,
+            # whatever happens next (even the in-flight limit's 503, a server-side failure).
+            self.admit(scope)
         limited = scope["path"] in PREDICTION_ENDPOINTS  # feedback never takes a slot
         if (
             refusal is None

@@ -1,8 +1,12 @@
 """The gateway's instruments and the ASGI middleware that accounts for every request.
 
 The middleware, not the route, owns the accounting: every POST to a prediction endpoint is
-counted in api_total_requests_total on arrival and in exactly one of successful/failed when
-it ends, whatever happened in between (validation error, model fault, unhandled exception).
+counted in api_total_requests_total when it is admitted (api.guard calls `admit` once the
+API key, content type and size passed) and in exactly one of successful/failed when it
+ends, whatever happened in between (validation error, model fault, unhandled exception).
+A request the guard refuses (401, 413, 415) is not traffic: it is counted only in
+api_refused_requests_total, so anonymous refusals cannot keep NoTraffic quiet or dilute
+the SLO. Every label value comes from a fixed set, whatever the caller sends.
 """
 
 from __future__ import annotations
@@ -21,8 +25,27 @@ from telemetry import Telemetry
 from telemetry import instruments as ins
 
 PREDICTION_ENDPOINTS = frozenset({"/predict", "/predict/batch"})
+GUARDED_ENDPOINTS = PREDICTION_ENDPOINTS | {"/feedback"}
 FAILURE_REASON = "lungwatch.failure_reason"  # key in the ASGI scope state set by handlers
 STARTED_AT = "lungwatch.started_at"
+ADMITTED = "lungwatch.admitted"  # set by GatewayMetrics.admit
+
+# RFC 9110's methods (and PATCH): anything else a client makes up shares one label value,
+# as the OpenTelemetry HTTP instrumentations do, so a caller cannot mint series.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "_OTHER"
+# Statuses that refuse a request rather than serve it; the reason label is fixed per status.
+REFUSALS = {
+    401: "unauthorized",
+    403: "forbidden",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+# Longest path written whole into an access log line; the rest is summarized by its length.
+MAX_LOGGED_PATH = 256
 
 access_log = logging.getLogger("lungwatch.access")
 
@@ -47,6 +70,7 @@ class GatewayMetrics:
         self.failed = ins.create(meter, ins.FAILED_REQUESTS)
         self.endpoint_time = ins.create(meter, ins.ENDPOINT_REQUEST_TIME)
         self.memory_per_request = ins.create(meter, ins.MEMORY_PER_REQUEST)
+        self.refused = ins.create(meter, ins.REFUSED_REQUESTS)
         self._process = psutil.Process()
         # cpu_percent(None) compares with the previous call: prime it so the first
         # scrape reports a real figure. Both callbacks run at collection, never per request.
@@ -66,13 +90,37 @@ class GatewayMetrics:
         # One read of /proc/self/statm (a few microseconds): cheap enough per request.
         return int(self._process.memory_info().rss)
 
+    def admit(self, scope: Scope) -> None:
+        """Called by the guard once a request passed its checks: from here on it is traffic."""
+        scope.setdefault("state", {})[ADMITTED] = True
+        path = scope["path"]
+        if scope["method"] == "POST" and path in PREDICTION_ENDPOINTS:
+            self.total.add(1, _ENDPOINT_ATTRIBUTES[path])
+
     def record_prediction(self, prediction: int, confidence: float) -> None:
         self.prediction_result.set(prediction)
         self.prediction_confidence.set(confidence)
 
 
-# A bound on the cache, whatever methods and statuses clients make up.
+# A bound on the cache (endpoints × methods × statuses are bounded, but not tiny).
 _MAX_CACHED_ATTRIBUTE_SETS = 256
+# Attribute sets built once and reused: the SDK hashes a new dict on every record.
+_ENDPOINT_ATTRIBUTES = {path: {"endpoint": path} for path in PREDICTION_ENDPOINTS}
+_REFUSAL_ATTRIBUTES = {
+    (path, status): {"endpoint": path, "reason": reason}
+    for path in GUARDED_ENDPOINTS
+    for status, reason in REFUSALS.items()
+}
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
+def logged_path(path: str) -> str:
+    if len(path) <= MAX_LOGGED_PATH:
+        return path
+    return f"{path[:MAX_LOGGED_PATH]}…(+{len(path) - MAX_LOGGED_PATH} characters)"
 
 
 class ObservabilityMiddleware:
@@ -81,8 +129,6 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        # Attribute sets built once and reused: the SDK hashes a new dict on every record.
-        self._endpoint_attributes = {path: {"endpoint": path} for path in PREDICTION_ENDPOINTS}
         self._timing_attributes: dict[tuple[str, str, int], dict[str, str]] = {}
 
     def _timing(self, endpoint: str, method: str, status: int) -> dict[str, str]:
@@ -104,10 +150,7 @@ class ObservabilityMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state[STARTED_AT] = start
         predicting = method == "POST" and path in PREDICTION_ENDPOINTS
-        rss_before = 0
-        if predicting:
-            self.metrics.total.add(1, self._endpoint_attributes[path])
-            rss_before = self.metrics.rss()
+        rss_before = self.metrics.rss() if predicting else 0
         status = 500  # what the client gets if the app raises before answering
 
         async def send_with_status(message: Message) -> None:
@@ -127,22 +170,32 @@ class ObservabilityMiddleware:
             duration = time.perf_counter() - start
             route = scope.get("route")
             # The route template keeps the label set bounded; unknown paths share one value.
-            endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.endpoint_time.record(duration, self._timing(endpoint, method, status))
+            # A refusal by the guard never reaches routing: its path is a known route then.
+            endpoint = getattr(route, "path", None) or (
+                path if path in GUARDED_ENDPOINTS else "unmatched"
+            )
+            self.metrics.endpoint_time.record(
+                duration, self._timing(endpoint, method_label(method), status)
+            )
             reason = None
-            if predicting:
+            if predicting and state.get(ADMITTED):
                 if status == 200:
-                    self.metrics.successful.add(1, self._endpoint_attributes[path])
+                    self.metrics.successful.add(1, _ENDPOINT_ATTRIBUTES[path])
                 else:
                     reason = state.get(FAILURE_REASON) or reason_for_status(status)
                     self.metrics.failed.add(1, {"endpoint": path, "reason": reason})
                 self.metrics.memory_per_request.set(max(0, self.metrics.rss() - rss_before))
+            elif status in REFUSALS and path in GUARDED_ENDPOINTS:
+                # Before admission (guard) or after it (feedback from the wrong key, or
+                # too often); never counted as served or failed traffic.
+                reason = REFUSALS[status]
+                self.metrics.refused.add(1, _REFUSAL_ATTRIBUTES[(path, status)])
             if not path.startswith(("/metrics", "/health", "/ready")):
                 access_log.info(
                     "request",
                     extra={
-                        "method": method,
-                        "path": path,
+                        "method": method_label(method),
+                        "path": logged_path(path),
                         "route": endpoint,
                         "status": status,
                         "duration_ms": round(duration * 1000, 3),

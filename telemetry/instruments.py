@@ -79,6 +79,12 @@ FAILED_REQUESTS = InstrumentSpec(
     "Prediction requests that failed, by reason (invalid_request is the client's fault)",
     contract=True, attributes=("endpoint", "reason"),
 )  # fmt: skip
+REFUSED_REQUESTS = InstrumentSpec(
+    "api_refused_requests_total", Kind.COUNTER, "",
+    "Requests to a guarded route refused before they count as traffic (401, 403, 413, 415, "
+    "429), by route and reason",
+    attributes=("endpoint", "reason"),
+)  # fmt: skip
 RESPONSE_LATENCY = InstrumentSpec(
     "api_response_latency_seconds", Kind.HISTOGRAM, "s",
     "Model-server round trip as seen by the gateway",
@@ -190,7 +196,7 @@ MODEL_ROWS = InstrumentSpec(
 GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     PREDICTION_RESULT, PREDICTION_CONFIDENCE, TOTAL_REQUESTS, SUCCESSFUL_REQUESTS,
     FAILED_REQUESTS, RESPONSE_LATENCY, ENDPOINT_REQUEST_TIME, MEMORY_PER_REQUEST,
-    SYSTEM_CPU, SYSTEM_RAM,
+    SYSTEM_CPU, SYSTEM_RAM, REFUSED_REQUESTS,
 )  # fmt: skip
 MODEL_INFO = InstrumentSpec(
     "model_info", Kind.OBSERVABLE_GAUGE, "",

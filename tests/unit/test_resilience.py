@@ -114,9 +114,18 @@ def test_hostile_bodies_get_a_clear_4xx(
     response = client.post("/predict", content=body, headers={**headers, "X-API-Key": "key-one"})
     assert response.status_code == status, response.text
     assert response.json()["error"] == code
-    failed = counter_values(type("A", (), {"reader": reader})(), "api_failed_requests_total")  # type: ignore[arg-type]
-    # Every client-side refusal counts as invalid_request: it must not burn the SLO budget.
-    assert failed == {(("endpoint", "/predict"), ("reason", "invalid_request")): 1}
+    app = type("A", (), {"reader": reader})()
+    failed = counter_values(app, "api_failed_requests_total")  # type: ignore[arg-type]
+    total = counter_values(app, "api_total_requests_total")  # type: ignore[arg-type]
+    refused = counter_values(app, "api_refused_requests_total")  # type: ignore[arg-type]
+    if status in (413, 415):
+        # Refused by the guard before admission: not traffic, counted apart by reason.
+        assert refused == {(("endpoint", "/predict"), ("reason", code if status == 415 else "payload_too_large")): 1}  # fmt: skip
+        assert failed == {} and total == {}
+    else:
+        # Admitted, then invalid: traffic, as invalid_request, so it burns no SLO budget.
+        assert failed == {(("endpoint", "/predict"), ("reason", "invalid_request")): 1}
+        assert total == {(("endpoint", "/predict"),): 1} and refused == {}
 
 
 def test_chunked_body_over_the_limit_is_refused() -> None:
