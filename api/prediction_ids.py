@@ -2,14 +2,18 @@
 
 A prediction id is 64 hex digits (the shape `POST /feedback` has always accepted): 32 bytes of
 
-    format (1) | random id (8) | issued at, unix seconds (4) | predicted class (1)
-    | model version (2) | HMAC-SHA256 of the 16 bytes before it, truncated to 16 bytes
+    format 2 (1) | random id (8) | issued at, unix seconds (4) | predicted class (1)
+    | model version (2) | caller: the first 4 bytes of the API key's id (4)
+    | HMAC-SHA256 of the 20 bytes before it, truncated to 12 bytes
 
-so `/feedback` learns from the id itself what was predicted, by which model version and when,
-and the MAC proves this gateway fleet issued it. Signing uses the current key; verification
-also accepts the previous one, so a key is rotated without refusing ids issued just before.
-With no key configured each process draws a random one: ids then verify only on the replica
-that issued them, until it restarts (the single-process default needs nothing more).
+so `/feedback` learns from the id itself what was predicted, by which model version, when and
+for which API key, and the MAC proves this gateway fleet issued it: binding feedback to the
+key that predicted needs no lookup and no state. The caller is four zero bytes when API keys
+are off. Format 1 (before ids named their caller: a 16-byte body without it, 16-byte MAC)
+still verifies until it expires, as an id bound to no key. Signing uses the current key;
+verification also accepts the previous one, so a key is rotated without refusing ids issued
+just before. With no key configured each process draws a random one: ids then verify only on
+the replica that issued them, until it restarts (the single-process default needs nothing more).
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ from contract.settings import GATEWAY_DEFAULTS, GatewaySettings
 
 log = logging.getLogger("lungwatch.prediction_ids")
 
-FORMAT = 1
-_BODY = struct.Struct(">B8sIBH")  # format, random id, issued at, class, model version
-_MAC_BYTES = 16
+FORMAT = 2
+# format, random id, issued at, class, model version, caller
+_BODY = struct.Struct(">B8sIBH4s")
+# 96 bits: a forger needs ~2**96 online guesses, each also a rate-limited /feedback call.
+_MAC_BYTES = 12
 TOKEN_BYTES = _BODY.size + _MAC_BYTES  # 32 bytes, 64 hex digits
+_FORMAT_1 = 1
+_BODY_1 = struct.Struct(">B8sIBH")  # no caller; its MAC is 16 bytes
+CALLER_BYTES = 4
+# A key whose id starts with 8 zero hex digits (1 in 4 billion) would be taken for none.
+NO_CALLER = bytes(CALLER_BYTES)
 # Registry versions are small integers; anything else (a run URI, a path) is stored as this.
 UNKNOWN_VERSION = 0xFFFF
 
@@ -51,6 +62,13 @@ class VerifiedId:
     model_version: str | None
     issued_at: int
     expires_at: float
+    # The first 8 hex digits of the id of the API key that made the prediction; None when
+    # API keys were off (or the id predates binding).
+    caller: str | None = None
+
+    def issued_to(self, api_key_id: str) -> bool:
+        """Whether the API key with this id (api.guard.key_id) made the prediction."""
+        return self.caller is not None and api_key_id[: 2 * CALLER_BYTES] == self.caller
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -92,13 +110,22 @@ class PredictionIds:
         )
 
     def _mac(self, key: bytes, body: bytes) -> bytes:
-        return hmac.new(key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.new(key, body, hashlib.sha256).digest()
 
-    def issue(self, predicted: int, model_version: str | None) -> str:
+    def issue(
+        self, predicted: int, model_version: str | None, api_key_id: str | None = None
+    ) -> str:
+        """An id for one predicted row, bound to the API key (its id) that asked, if any."""
+        caller = bytes.fromhex(api_key_id[: 2 * CALLER_BYTES]) if api_key_id else NO_CALLER
         body = _BODY.pack(
-            FORMAT, os.urandom(8), int(self._clock()), predicted, _version_code(model_version)
+            FORMAT,
+            os.urandom(8),
+            int(self._clock()),
+            predicted,
+            _version_code(model_version),
+            caller,
         )
-        return (body + self._mac(self._keys[0], body)).hex()
+        return (body + self._mac(self._keys[0], body)[:_MAC_BYTES]).hex()
 
     def verify(self, token: str) -> VerifiedId:
         """The id's content, or InvalidPredictionId saying why it is refused."""
@@ -106,20 +133,24 @@ class PredictionIds:
             raw = bytes.fromhex(token)
         except ValueError:
             raw = b""
-        if len(raw) != TOKEN_BYTES or raw[0] != FORMAT:
+        layout = {FORMAT: _BODY, _FORMAT_1: _BODY_1}.get(raw[0]) if raw else None
+        if len(raw) != TOKEN_BYTES or layout is None:
             raise InvalidPredictionId(
                 "malformed",
                 f"a prediction id is {2 * TOKEN_BYTES} hex digits as /predict issued it",
             )
-        body, mac = raw[: _BODY.size], raw[_BODY.size :]
+        body, mac = raw[: layout.size], raw[layout.size :]
         # compare_digest: the time taken must not tell a forger how many bytes matched.
-        if not any(hmac.compare_digest(mac, self._mac(key, body)) for key in self._keys):
+        if not any(
+            hmac.compare_digest(mac, self._mac(key, body)[: len(mac)]) for key in self._keys
+        ):
             raise InvalidPredictionId(
                 "forged",
                 "this prediction id was not issued by this service (or its signing key was "
                 "rotated out)",
             )
-        _, _, issued_at, predicted, version = _BODY.unpack(body)
+        _, _, issued_at, predicted, version, *rest = layout.unpack(body)
+        caller = rest[0] if rest else NO_CALLER
         if predicted > 2:
             raise InvalidPredictionId("malformed", "this prediction id names no class")
         expires_at = issued_at + self.ttl_seconds
@@ -134,4 +165,5 @@ class PredictionIds:
             model_version=None if version == UNKNOWN_VERSION else str(version),
             issued_at=issued_at,
             expires_at=expires_at,
+            caller=None if caller == NO_CALLER else caller.hex(),
         )

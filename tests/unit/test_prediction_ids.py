@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import struct
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from api.feedback_store import AnsweredIds, LocalAnswered
+from api.guard import key_id
 from api.prediction_ids import TOKEN_BYTES, InvalidPredictionId, PredictionIds
 from contract.settings import GatewaySettings
 from telemetry import build_telemetry
@@ -43,6 +47,29 @@ def test_an_id_issued_by_one_replica_verifies_on_another_with_the_same_key() -> 
     assert issuer.issue(2, "17") != token  # a random part: equal predictions, distinct ids
 
 
+def test_an_id_names_the_api_key_that_asked_and_the_mac_covers_it() -> None:
+    ids = PredictionIds(KEY)
+    alice, bob = key_id("alice-key"), key_id("bob-key")
+    verified = ids.verify(ids.issue(1, "3", alice))
+    assert verified.issued_to(alice) and not verified.issued_to(bob)
+    unbound = ids.verify(ids.issue(1, "3"))  # API keys off
+    assert unbound.caller is None and not unbound.issued_to(alice)
+    token = ids.issue(1, "3", alice)
+    caller_at = 2 * 16  # hex offset of the caller bytes
+    swapped = token[:caller_at] + bob[:8] + token[caller_at + 8 :]
+    assert reason(ids, swapped) == "forged"  # claiming another key breaks the MAC
+
+
+def test_format_1_ids_still_verify_as_bound_to_no_key() -> None:
+    # Issued before ids named their caller: 16-byte body, 16-byte MAC, same key.
+    clock = Clock()
+    body = struct.pack(">B8sIBH", 1, b"r" * 8, int(clock.now), 2, 5)
+    token = (body + hmac.new(KEY, body, hashlib.sha256).digest()[:16]).hex()
+    verified = PredictionIds(KEY, clock=clock).verify(token)
+    assert (verified.predicted, verified.model_version, verified.caller) == (2, "5", None)
+    assert reason(PredictionIds(OTHER, clock=clock), token) == "forged"
+
+
 def test_a_version_that_is_not_a_registry_number_is_carried_as_unknown() -> None:
     ids = PredictionIds(KEY)
     assert ids.verify(ids.issue(0, "runs:/abc/model")).model_version is None
@@ -56,7 +83,7 @@ def test_forged_malformed_and_expired_ids_are_refused_with_their_reason() -> Non
     assert reason(PredictionIds(OTHER, clock=clock), token) == "forged"
     flipped = token[:20] + ("0" if token[20] != "0" else "1") + token[21:]  # the class byte
     assert reason(ids, flipped) == "forged"
-    for bad in ("abc123", token[:-2], token + "00", "zz" * 32, "02" + token[2:]):
+    for bad in ("abc123", token[:-2], token + "00", "zz" * 32, "03" + token[2:]):
         assert reason(ids, bad) == "malformed", bad
     clock.now += 59
     assert ids.verify(token).remaining(clock.now) == pytest.approx(1)
