@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.batching import MicroBatcher
+from api.guard import API_KEY_ID
 from api.model_client import ModelClient
-from api.monitoring import ModelMonitor
+from api.monitoring import CALLER, FeedbackPolicy, ModelMonitor
 from api.observability import GatewayMetrics
 from contract.settings import GatewaySettings
 from telemetry import Telemetry
@@ -39,9 +40,28 @@ async def get_batcher(request: Request) -> MicroBatcher:
     return batcher
 
 
+async def get_caller(request: Request) -> str | None:
+    """The id of the API key this request authenticated with (None with API keys off)."""
+    caller: str | None = request.scope.get("state", {}).get(API_KEY_ID)
+    return caller
+
+
 async def get_monitor(request: Request) -> ModelMonitor:
     monitor: ModelMonitor = request.app.state.monitor
+    # Runs in the request's own task, like the route after it: the prediction ids the route
+    # issues are bound to this request's key (see api.monitoring.CALLER).
+    CALLER.set(request.scope.get("state", {}).get(API_KEY_ID))
     return monitor
+
+
+async def get_feedback_policy(request: Request) -> FeedbackPolicy:
+    state = request.app.state
+    policy: FeedbackPolicy | None = getattr(state, "feedback_policy", None)
+    if policy is None:
+        # Built on first use from the app's settings (create_app may also set it): its rate
+        # buckets must outlive the request.
+        policy = state.feedback_policy = FeedbackPolicy.from_settings(state.settings)
+    return policy
 
 
 async def get_metrics(request: Request) -> GatewayMetrics:
@@ -54,4 +74,6 @@ TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 ModelClientDep = Annotated[ModelClient, Depends(get_model_client)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 MonitorDep = Annotated[ModelMonitor, Depends(get_monitor)]
+CallerDep = Annotated[str | None, Depends(get_caller)]
+FeedbackPolicyDep = Annotated[FeedbackPolicy, Depends(get_feedback_policy)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]

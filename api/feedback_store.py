@@ -1,4 +1,4 @@
-"""Which prediction ids already got feedback: in Redis across replicas when configured, else here.
+"""Who may still send feedback: ids already answered (Redis or here) and each API key's rate.
 
 Every replica keeps its own bounded set of answered ids. With `LUNGWATCH_GATEWAY_FEEDBACK_REDIS_URL`
 set, an id is also claimed in Redis with `SET NX` for the id's remaining lifetime, so a second
@@ -6,11 +6,15 @@ feedback is refused whichever replica receives it. Redis never fails a feedback 
 does not answer, the replica falls back to its own set (duplicates are then caught per replica
 only), counts each such check, logs once when the store goes away and once when it is back,
 and leaves Redis alone for `retry_seconds` so a dead store costs no time per request.
+
+The rate of feedback is limited per API key on each replica (`KeyRateLimit`), with no shared
+store: with N replicas behind a balancer a key gets up to N times the configured rate.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -68,6 +72,36 @@ class LocalAnswered:
 
     def __len__(self) -> int:
         return len(self._expiry)
+
+
+class KeyRateLimit:
+    """A token bucket per API key id: `burst` calls at once, then `rate` a second.
+
+    Memory is one entry per key id seen; ids come from the gateway's guard, which sets them
+    only for configured keys, so the table is as small as the key list.
+    """
+
+    def __init__(
+        self,
+        rate: float = GATEWAY_DEFAULTS.feedback_rate_per_second,
+        burst: int = GATEWAY_DEFAULTS.feedback_burst,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key id -> (tokens, at)
+
+    def take(self, api_key_id: str) -> int:
+        """0 when the call may go ahead (one token spent), else whole seconds to wait."""
+        now = self._clock()
+        tokens, at = self._buckets.get(api_key_id, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens >= 1:
+            self._buckets[api_key_id] = (tokens - 1, now)
+            return 0
+        self._buckets[api_key_id] = (tokens, now)
+        return max(1, math.ceil((1 - tokens) / self.rate))
 
 
 class SharedStore(Protocol):

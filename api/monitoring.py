@@ -10,12 +10,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from api.feedback_store import AnsweredIds
+from api.feedback_store import AnsweredIds, KeyRateLimit
+from api.guard import key_id
 from api.prediction_ids import InvalidPredictionId, PredictionIds
 from contract.drift import DRIFT_THRESHOLD, psi_by_feature
 from contract.features import FEATURE_NAMES, LABELS
@@ -36,6 +38,40 @@ FEEDBACK_OUTCOMES = ins.InstrumentSpec(
     "across replicas to the fleet's online accuracy and recall",
     attributes=("predicted", "actual", "correct"),
 )  # fmt: skip
+
+
+# The API key id (api.guard.key_id) of the request being served, or None with keys off. Set
+# by api.deps.get_monitor, so `issue_id` binds each prediction id to the key that asked
+# without every caller of it passing the key along; a context variable is per task, so per
+# request.
+CALLER: ContextVar[str | None] = ContextVar("lungwatch_caller", default=None)
+
+
+@dataclass(frozen=True)
+class FeedbackPolicy:
+    """Who may send feedback for which prediction, and how fast (with API keys on).
+
+    A key answers the predictions it made itself (unless `own_predictions` is off); a key
+    in `any_prediction` (the labelling pipeline's) answers any prediction, including those
+    made with keys off. Every key is held to `limit`. With keys off there is no caller:
+    everything is accepted, as before feedback was bound to keys.
+    """
+
+    any_prediction: frozenset[str] = frozenset()  # key ids
+    limit: KeyRateLimit | None = None
+    own_predictions: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> FeedbackPolicy:
+        rate = settings.feedback_rate_per_second
+        return cls(
+            frozenset(key_id(key) for key in settings.feedback_api_key_list),
+            KeyRateLimit(rate, settings.feedback_burst) if rate > 0 else None,
+            settings.feedback_own_predictions,
+        )
+
+
+OPEN_POLICY = FeedbackPolicy()
 
 
 class FeedbackStore:
@@ -88,12 +124,14 @@ class FeedbackStore:
 
 @dataclass(frozen=True)
 class FeedbackResult:
-    """`accepted`, `duplicate`, `unknown_prediction` (not an id a configured key signed) or
-    `expired_prediction`; `message` says why when refused."""
+    """`accepted`, `duplicate`, `unknown_prediction` (not an id a configured key signed),
+    `expired_prediction`, `forbidden` (made with another API key) or `rate_limited`;
+    `message` says why when refused, `retry_after` (seconds) when rate-limited."""
 
     result: str
     correct: bool = False
     message: str = ""
+    retry_after: int = 0
 
 
 _REFUSALS = {
@@ -178,32 +216,65 @@ class ModelMonitor:
             self._confidence.record(confidence, attributes)
 
     def issue_id(self, predicted: int, model_version: str | None) -> str:
-        """A prediction id any replica with the same key verifies without a lookup."""
-        return self.ids.issue(predicted, model_version)
+        """A prediction id any replica with the same key verifies without a lookup, bound to
+        the API key of the request being served (CALLER)."""
+        return self.ids.issue(predicted, model_version, CALLER.get())
 
-    async def record_feedback(self, prediction_id: str, true_class: int) -> FeedbackResult:
+    async def record_feedback(
+        self,
+        prediction_id: str,
+        true_class: int,
+        caller: str | None = None,
+        policy: FeedbackPolicy = OPEN_POLICY,
+    ) -> FeedbackResult:
+        """`caller`: the API key id the request authenticated with (None with keys off)."""
+        outcome = await self._feedback(prediction_id, true_class, caller, policy)
+        self._feedback_results.add(1, {"result": outcome.result})
+        return outcome
+
+    async def _feedback(
+        self, prediction_id: str, true_class: int, caller: str | None, policy: FeedbackPolicy
+    ) -> FeedbackResult:
+        if caller is not None and policy.limit is not None:
+            # Before any other work: every call spends a token, forged ids included.
+            wait = policy.limit.take(caller)
+            if wait:
+                return FeedbackResult(
+                    "rate_limited",
+                    message=f"more than {policy.limit.rate:g} feedback calls a second from "
+                    f"this API key; retry in {wait}s",
+                    retry_after=wait,
+                )
+        # With keys off (no caller) anyone answers any prediction, as before keys were bound.
+        answers_any = caller is None or caller in policy.any_prediction
+        if not answers_any and not policy.own_predictions:
+            return FeedbackResult(
+                "forbidden", message="only a feedback key may send feedback to this service"
+            )
         try:
             verified = self.ids.verify(prediction_id)
         except InvalidPredictionId as refused:
-            outcome = FeedbackResult(_REFUSALS[refused.reason], message=str(refused))
-        else:
-            if await self.answered.claim(verified.token, verified.expires_at):
-                correct = self.feedback.record(verified.predicted, true_class)
-                self._outcomes.add(
-                    1,
-                    {
-                        "predicted": LABELS[verified.predicted],
-                        "actual": LABELS[true_class],
-                        "correct": "true" if correct else "false",
-                    },
-                )
-                outcome = FeedbackResult("accepted", correct)
-            else:
-                outcome = FeedbackResult(
-                    "duplicate", message="this prediction already has feedback"
-                )
-        self._feedback_results.add(1, {"result": outcome.result})
-        return outcome
+            return FeedbackResult(_REFUSALS[refused.reason], message=str(refused))
+        # Checked before the duplicate claim, so a refused caller cannot use up the one
+        # feedback the prediction's own client may send.
+        if caller is not None and not answers_any and not verified.issued_to(caller):
+            return FeedbackResult(
+                "forbidden",
+                message="made with another API key (or none): only the key that made a "
+                "prediction, or a feedback key, may send its feedback",
+            )
+        if not await self.answered.claim(verified.token, verified.expires_at):
+            return FeedbackResult("duplicate", message="this prediction already has feedback")
+        correct = self.feedback.record(verified.predicted, true_class)
+        self._outcomes.add(
+            1,
+            {
+                "predicted": LABELS[verified.predicted],
+                "actual": LABELS[true_class],
+                "correct": "true" if correct else "false",
+            },
+        )
+        return FeedbackResult("accepted", correct)
 
     async def aclose(self) -> None:
         await self.answered.aclose()

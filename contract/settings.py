@@ -125,6 +125,45 @@ class GatewaySettings(BaseSettings):
         description="Redis shared by the replicas to refuse duplicate feedback "
         "(e.g. redis://redis:6379/0; empty: duplicates are caught per replica only).",
     )
+    # Issue 16, finding 3: feedback is bound to the API key that made the prediction.
+    feedback_api_keys: str = Field(
+        "",
+        repr=False,
+        description="Comma-separated keys, each also in LUNGWATCH_GATEWAY_API_KEYS, that may "
+        "send feedback for any prediction (a labelling pipeline); any other key only for the "
+        "predictions it made itself.",
+    )
+    feedback_own_predictions: bool = Field(
+        True,
+        description="Whether any API key may send feedback for its own predictions (false: "
+        "only the LUNGWATCH_GATEWAY_FEEDBACK_API_KEYS may send feedback).",
+    )
+    # Per replica on purpose: a bucket per key in the process needs no shared store.
+    feedback_rate_per_second: float = Field(
+        20.0,
+        ge=0,
+        description="Feedback calls per second each API key may make to one replica, then 429 "
+        "(N replicas allow N times this; 0: no limit; no limit with API keys off).",
+    )
+    feedback_burst: int = Field(
+        100, ge=1, description="Feedback calls a key may make at once before the rate applies."
+    )
+
+    @model_validator(mode="after")
+    def _feedback_keys_are_api_keys(self) -> GatewaySettings:
+        # The guard authenticates against API_KEYS alone: a key only listed here would get
+        # 401 everywhere, so say so at start-up instead.
+        unknown = set(self.feedback_api_key_list) - set(self.api_key_list)
+        if unknown:
+            raise ValueError(
+                f"{env_name(GatewaySettings, 'feedback_api_keys')}: {len(unknown)} key(s) not "
+                f"in {env_name(GatewaySettings, 'api_keys')}; list every feedback key there too"
+            )
+        return self
+
+    @property
+    def feedback_api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.feedback_api_keys.split(",") if key.strip()]
 
     @model_validator(mode="after")
     def _shared_key_for_shared_store(self) -> GatewaySettings:
