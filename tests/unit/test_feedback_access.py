@@ -76,6 +76,9 @@ def test_feedback_from_another_key_is_refused_and_counted(keyed: App) -> None:
     assert feedback(keyed, CLIENT_A, mine, "Low")[0] == 200
     assert feedback(keyed, CLIENT_B, mine)[0] == 403  # still not B's, answered or not
     assert results(keyed) == {"forbidden": 2, "accepted": 1}
+    # Also a refused request for the gateway's accounting (api.observability), not traffic.
+    refused = counter_values(keyed, "api_refused_requests_total")
+    assert refused == {(("endpoint", "/feedback"), ("reason", "forbidden")): 2}
     monitor = keyed.client.app.state.monitor  # type: ignore[attr-defined]
     assert monitor.feedback.accuracy() == 1.0  # B's wrong "High" never reached it
 
@@ -123,6 +126,8 @@ def test_feedback_is_rate_limited_per_key_with_retry_after() -> None:
         # Every call spends a token, a forged id too; another key has its own bucket.
         assert feedback(app, CLIENT_B, "ab" * 32)[0] == 404
         assert results(app) == {"accepted": 3, "rate_limited": 1, "unknown_prediction": 1}
+        refused = counter_values(app, "api_refused_requests_total")
+        assert refused == {(("endpoint", "/feedback"), ("reason", "rate_limited")): 1}
 
 
 def test_with_api_keys_off_feedback_is_open_and_unlimited() -> None:
