@@ -14,9 +14,7 @@ def main() -> int:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
     # The app's lifespan closes the model client and flushes telemetry on SIGTERM/Ctrl-C.
-    run_uvicorn(
-        create_app(settings), settings.host, settings.port, settings.graceful_shutdown_seconds
-    )
+    run_uvicorn(create_app(settings), settings)
     return 0
 
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 import gc
 import signal
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 
-def run_uvicorn(
-    app: Any,
-    host: str,
-    port: int,
-    graceful_shutdown_seconds: float,
-    sock: socket.socket | None = None,
-) -> None:
+class ServerSettings(Protocol):
+    """What run_uvicorn reads: the fields GatewaySettings and ModelServerSettings share."""
+
+    host: str
+    port: int
+    graceful_shutdown_seconds: float
+    http_header_timeout_seconds: float
+    http_max_connections: int
+    forwarded_allow_ips: str
+
+
+def run_uvicorn(app: Any, settings: ServerSettings, sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM/SIGINT, finish in-flight requests, then return (exit code 0).
 
     uvicorn handles the signal gracefully, then re-raises it with the handler that was
@@ -24,21 +29,41 @@ def run_uvicorn(
     """
     import uvicorn
 
+    from contract.http_protocol import http_protocol
+
     def exit_cleanly(signum: int, frame: Any) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, exit_cleanly)
     signal.signal(signal.SIGINT, exit_cleanly)
+    trusted_proxies = [ip.strip() for ip in settings.forwarded_allow_ips.split(",") if ip.strip()]
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(graceful_shutdown_seconds),
-        # libuv's event loop and the C HTTP parser: a request costs the loop less CPU.
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        # libuv's event loop and the C HTTP parser: a request costs the loop less CPU. The
+        # parser is also llhttp's framing rules (ambiguous framing refused and the connection
+        # closed, which h11 does not do), with a header-read deadline (contract/http_protocol).
         loop="uvloop",
-        http="httptools",
+        http=http_protocol(settings.http_header_timeout_seconds),
+        # uvicorn answers 503 (text, connection closed) once connections or tasks reach the
+        # limit, the one asking included: +1 makes the setting the number served at once.
+        limit_concurrency=settings.http_max_connections + 1
+        if settings.http_max_connections
+        else None,
+        # Every request's task starts from an empty contextvars context. Otherwise uvicorn
+        # creates a pipelined request's task inside the previous request's (when that one's
+        # response completes) and it inherits that request's OpenTelemetry context: its
+        # server span would join the other request's trace.
+        reset_contextvars=True,
+        # Set explicitly so uvicorn's defaults (trust 127.0.0.1, or $FORWARDED_ALLOW_IPS)
+        # never decide it: X-Forwarded-For/-Proto rewrite the client address and scheme only
+        # when the peer is a configured proxy, and with none configured they are ignored.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=trusted_proxies,
     )
     # Everything built so far (the app, the model, imported modules) lives as long as the
     # process: moved out of the collector's generations, a full collection no longer walks

@@ -148,6 +148,24 @@ class GatewaySettings(BaseSettings):
     feedback_burst: int = Field(
         100, ge=1, description="Feedback calls a key may make at once before the rate applies."
     )
+    # Issue 16, findings 5 and 7 (HTTP framing, forwarded headers): read by contract/server.py.
+    http_header_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="A connection that has not sent a request's complete headers this long "
+        "after it opened or after the request's first byte is closed (408 if it began one).",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=0,
+        description="Connections the gateway serves at once; a request on one more is answered "
+        "503 and its connection closed (0: no cap).",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
+    )
 
     @model_validator(mode="after")
     def _feedback_keys_are_api_keys(self) -> GatewaySettings:
@@ -209,6 +227,24 @@ class ModelServerSettings(BaseSettings):
         ge=1,
         le=65535,
         description="With several workers, worker i serves its own /metrics on this port + i.",
+    )
+    # Issue 16, findings 5 and 7 (HTTP framing, forwarded headers): read by contract/server.py.
+    http_header_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="A connection that has not sent a request's complete headers this long "
+        "after it opened or after the request's first byte is closed (408 if it began one).",
+    )
+    http_max_connections: int = Field(
+        1000,
+        ge=0,
+        description="Connections each worker serves at once; a request on one more is answered "
+        "503 and its connection closed (0: no cap).",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
     )
 
 

@@ -314,7 +314,7 @@ def serve_one(settings: ModelServerSettings, pyfunc_model: Any = None, worker: i
             from prometheus_client import start_http_server
 
             start_http_server(settings.metrics_port + worker, settings.host, telemetry.registry)
-        run_uvicorn(app, settings.host, settings.port, settings.graceful_shutdown_seconds, sock)
+        run_uvicorn(app, settings, sock)
     finally:
         telemetry.shutdown()
 
