@@ -22,20 +22,22 @@ from tests.support.otlp import OtlpReceiver
 HEADER_TIMEOUT_SECONDS = 1.0
 MAX_CONNECTIONS = 4
 SPOOFED_CLIENT = "203.0.113.9"  # TEST-NET-3: no real peer has it
+TRUSTED_PROXY = "127.0.0.2"
 
 
 @pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver
 ) -> Iterator[procs.ManagedProcess]:
-    """A gateway of its own (short header deadline, small cap) in front of no model server:
-    /health, the 422s and the server spans need none."""
+    """A gateway of its own (short header deadline, small cap, one trusted proxy) in front of
+    no model server: /health, the 422s and the server spans need none."""
     process = procs.gateway(
         f"http://127.0.0.1:{procs.free_port()}",
         tmp_path_factory.mktemp("http-framing"),
         extra_env=procs.otlp_env(otlp_receiver.endpoint),
         LUNGWATCH_GATEWAY_HTTP_HEADER_TIMEOUT_SECONDS=str(HEADER_TIMEOUT_SECONDS),
         LUNGWATCH_GATEWAY_HTTP_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
+        LUNGWATCH_GATEWAY_FORWARDED_ALLOW_IPS=TRUSTED_PROXY,
     ).start()
     yield process
     process.stop()
@@ -205,33 +207,40 @@ def server_span_attributes(receiver: OtlpReceiver, trace_id: str) -> dict[str, A
     return procs.wait_until(server_span, 15, f"the server span of trace {trace_id}")
 
 
-def assert_forwarded_headers_ignored(url: str, path: str, receiver: OtlpReceiver) -> None:
+def forwarded_request_span(
+    url: str, path: str, receiver: OtlpReceiver, peer: str = "127.0.0.1"
+) -> dict[str, Any]:
+    """The server span's attributes of a request from `peer` claiming another client."""
     trace_id = secrets.token_hex(16)
-    httpx.post(
-        f"{url}{path}",
-        content=json.dumps({}),
-        headers={
-            "content-type": "application/json",
-            "traceparent": f"00-{trace_id}-{'1' * 16}-01",
-            "x-forwarded-for": SPOOFED_CLIENT,
-            "x-forwarded-proto": "https",
-        },
-        timeout=10,
-    )
-    attributes = server_span_attributes(receiver, trace_id)
-    # The peer is not a configured proxy, so its X-Forwarded-* are not believed.
-    assert attributes.get("client.address") == "127.0.0.1", attributes
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=peer), timeout=10) as client:
+        client.post(
+            f"{url}{path}",
+            content=json.dumps({}),
+            headers={
+                "content-type": "application/json",
+                "traceparent": f"00-{trace_id}-{'1' * 16}-01",
+                "x-forwarded-for": SPOOFED_CLIENT,
+                "x-forwarded-proto": "https",
+            },
+        )
+    return server_span_attributes(receiver, trace_id)
+
+
+def assert_not_believed(attributes: dict[str, Any], peer: str = "127.0.0.1") -> None:
+    assert attributes.get("client.address") == peer, attributes
     assert attributes.get("url.scheme") == "http", attributes
     assert SPOOFED_CLIENT not in {str(value) for value in attributes.values()}, attributes
 
 
-def test_gateway_ignores_forwarded_headers_from_a_peer_that_is_no_configured_proxy(
+def test_gateway_believes_forwarded_headers_only_from_a_configured_proxy(
     gateway: procs.ManagedProcess, otlp_receiver: OtlpReceiver
 ) -> None:
-    assert_forwarded_headers_ignored(gateway.url, "/predict", otlp_receiver)
+    # Any 127/8 address is this host: 127.0.0.2 plays the proxy the gateway was told of.
+    proxied = forwarded_request_span(gateway.url, "/predict", otlp_receiver, TRUSTED_PROXY)
+    assert proxied.get("client.address") == SPOOFED_CLIENT, proxied
+    assert proxied.get("url.scheme") == "https", proxied
+    assert_not_believed(forwarded_request_span(gateway.url, "/predict", otlp_receiver))
 
 
-def test_model_server_ignores_forwarded_headers_from_a_peer_that_is_no_configured_proxy(
-    stack: Stack,
-) -> None:
-    assert_forwarded_headers_ignored(stack.model_server_url, "/invocations", stack.otlp)
+def test_model_server_ignores_forwarded_headers_with_no_proxy_configured(stack: Stack) -> None:
+    assert_not_believed(forwarded_request_span(stack.model_server_url, "/invocations", stack.otlp))
