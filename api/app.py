@@ -137,5 +137,7 @@ def create_app(
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     # Outermost: the server span is open while our middleware runs, so its histogram
     # records carry exemplars and its log lines carry the trace id.
-    telemetry.instrument_fastapi(app, excluded_urls="/health,/ready,/metrics")
+    # Its spans only: endpoint_request_time_seconds already times every request, with
+    # exemplars, so the instrumentation's own duration histogram would be a copy.
+    telemetry.instrument_fastapi(app, excluded_urls="/health,/ready,/metrics", http_metrics=False)
     return app

@@ -1,4 +1,4 @@
-"""The only way the gateway reaches the model server: one pooled httpx client with deadlines.
+"""The only way the gateway reaches the model server: one pooled aiohttp session with deadlines.
 
 Every failure becomes a ModelServerError with the HTTP status and reason the gateway answers
 with: 503 unreachable, 504 past the deadline, 502 for an answer that is not a valid
@@ -14,8 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
+import yarl
+from opentelemetry import propagate
+from opentelemetry.trace import Span, SpanKind
 
 from api.circuit import CircuitBreaker, CircuitOpenError
 from contract.features import LABELS
@@ -81,35 +84,52 @@ class ModelClient:
         timeout: float = GATEWAY_DEFAULTS.model_server_timeout_seconds,
         max_connections: int = GATEWAY_DEFAULTS.model_server_max_connections,
         breaker: CircuitBreaker | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport` replaces the network (tests pass an `httpx.MockTransport`)."""
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
         self.base_url = base_url.rstrip("/")
+        url = yarl.URL(self.base_url)
         self.timeout = timeout
         self.breaker = breaker or CircuitBreaker(failure_threshold=0)
         # The version the model server last answered with (x-model-version header).
         self.last_model_version: str | None = None
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-        )
-        # CLIENT spans that inject W3C traceparent, so the model server joins the trace.
-        HTTPXClientInstrumentor.instrument_client(
-            self._client,
-            tracer_provider=telemetry.tracer_provider,
-            meter_provider=telemetry.meter_provider,
-        )
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._rows_url = url.join(yarl.URL(ROWS_PATH))
+        self._url = url
+        # Built on first use: an aiohttp session belongs to the event loop it was made in,
+        # and create_app runs before uvicorn starts its loop.
+        self._session: aiohttp.ClientSession | None = None
+        # Attributes of the CLIENT span, fixed per client (HTTP semantic conventions).
+        self._span_attributes: dict[str, str | int] = {
+            "http.request.method": "POST",
+            "url.full": str(self._rows_url),
+            "server.address": url.host or "",
+            "server.port": url.port or 80,
+        }
         self._latency = ins.create(telemetry.meter("lungwatch.gateway"), ins.RESPONSE_LATENCY)
         self._tracer = telemetry.tracer("lungwatch.gateway")
 
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or session.closed or session.loop is not loop:
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections,
+                    # Below uvicorn's 5 s keep-alive: a connection the server is about to
+                    # close is not reused for a request that would then fail.
+                    keepalive_timeout=KEEPALIVE_SECONDS,
+                ),
+                # The whole exchange is bounded by asyncio.timeout(self.timeout) below;
+                # connect has its own, shorter deadline so a dead host fails fast.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),  # the model server sets none
+                auto_decompress=False,
+            )
+        return session
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
     async def predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
         try:
@@ -119,15 +139,19 @@ class ModelClient:
                 f"model server failing: {exc}; next attempt in {exc.retry_after:.1f}s",
                 retry_after=exc.retry_after,
             ) from exc
-        # One span per model-server call: it carries the outcome (an httpx span cut short by
-        # the deadline ends without an error status) and, under batching, the batch's size.
+        # The one CLIENT span per model-server call. It spans the whole deadline and carries
+        # the outcome (a timeout is an error with its reason), the batch's size, and the W3C
+        # context the model server's SERVER span joins.
         with self._tracer.start_as_current_span(
-            "model_server.predict", attributes={"lungwatch.batch.rows": len(rows)}
+            "model_server.predict",
+            kind=SpanKind.CLIENT,
+            attributes={**self._span_attributes, "lungwatch.batch.rows": len(rows)},
         ) as span:
             try:
-                answer = await self._predict(rows)
+                answer = await self._predict(rows, span)
             except ModelServerError as exc:
                 span.set_attribute("lungwatch.failure_reason", exc.reason)
+                span.set_attribute("error.type", exc.reason)
                 self.breaker.record_failure(probe)
                 raise
             except BaseException:  # cancelled (client gone) or a bug: no verdict on the server
@@ -137,42 +161,47 @@ class ModelClient:
         self.breaker.record_success(probe)
         return answer
 
-    async def _predict(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+    async def _predict(self, rows: Sequence[Sequence[int]], span: Span) -> ModelAnswer:
         # The lean path (contract.wire): rows the gateway validated, no pandas on either side.
         payload = orjson.dumps({ROWS_KEY: rows})
+        headers = dict(_JSON_HEADERS)
+        propagate.inject(headers)  # traceparent: the current span, this CLIENT span
         start = time.perf_counter()
         outcome = "error"
         try:
-            # httpx's timeouts are per phase (a trickling answer resets the read timer);
-            # asyncio.timeout makes `timeout` a deadline for the whole exchange.
+            # asyncio.timeout makes `timeout` a deadline for the whole exchange, a trickling
+            # answer included.
             async with asyncio.timeout(self.timeout):
-                response = await self._client.post(
-                    ROWS_PATH, content=payload, headers=_JSON_HEADERS
-                )
-            answer = self._parse(response, len(rows))
+                async with self._client().post(
+                    self._rows_url, data=payload, headers=headers
+                ) as response:
+                    status = response.status
+                    span.set_attribute("http.response.status_code", status)
+                    body = await response.read()
+                    version = response.headers.get(MODEL_VERSION_HEADER, "unknown")
+            answer = self._parse(status, body, version, len(rows))
             outcome = "ok"
             return answer
         except TimeoutError as exc:
             raise ModelTimeout(f"model server did not answer within {self.timeout:g}s") from exc
-        except httpx.TimeoutException as exc:
-            raise ModelTimeout(f"model server timed out ({type(exc).__name__})") from exc
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.NetworkError) as exc:
+        except aiohttp.ClientError as exc:
+            # refused, reset, closed mid-answer: the server is not there for this call
             raise ModelUnavailable(
                 f"model server at {self.base_url} is unreachable ({type(exc).__name__})"
             ) from exc
         finally:
             self._latency.record(time.perf_counter() - start, {"outcome": outcome})
 
-    def _parse(self, response: httpx.Response, n_rows: int) -> ModelAnswer:
-        if response.status_code == 503:
+    def _parse(self, status: int, content: bytes, version: str, n_rows: int) -> ModelAnswer:
+        if status == 503:
             raise ModelUnavailable("model server is not ready (503)")
-        if response.status_code == 504:
+        if status == 504:
             raise ModelTimeout("model server gave up on the request (504)")
-        if response.status_code != 200:
+        if status != 200:
             # The body is not quoted: MLflow's error text can echo the input (patient data).
-            raise ModelBadResponse(f"model server answered HTTP {response.status_code}")
+            raise ModelBadResponse(f"model server answered HTTP {status}")
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
             raise ModelBadResponse("model server answered with invalid JSON") from exc
         predictions = body.get(PROBABILITIES_KEY) if isinstance(body, dict) else None
@@ -180,38 +209,45 @@ class ModelClient:
             got = len(predictions) if isinstance(predictions, list) else "none"
             raise ModelBadResponse(f"model server returned {got} predictions for {n_rows} rows")
         rows = [_parse_row(item, index) for index, item in enumerate(predictions)]
-        version = response.headers.get(MODEL_VERSION_HEADER, "unknown")
         self.last_model_version = version
         return ModelAnswer(rows=rows, model_version=version)
+
+    async def _get(self, path: str) -> tuple[int, bytes, str | None]:
+        async with asyncio.timeout(self.timeout):
+            async with self._client().get(self._url.join(yarl.URL(path))) as response:
+                return (
+                    response.status,
+                    await response.read(),
+                    response.headers.get(MODEL_VERSION_HEADER),
+                )
 
     async def reference(self) -> dict[str, Any] | None:
         """The served model's drift reference (training distribution), None if unavailable."""
         try:
-            async with asyncio.timeout(self.timeout):
-                response = await self._client.get("/reference")
-        except (TimeoutError, httpx.HTTPError):
+            status, body, version = await self._get("/reference")
+        except (TimeoutError, aiohttp.ClientError):
             return None
-        if response.status_code != 200:
+        if status != 200:
             return None
-        self.last_model_version = response.headers.get(MODEL_VERSION_HEADER, None)
-        reference: dict[str, Any] = response.json()
+        self.last_model_version = version
+        reference: dict[str, Any] = orjson.loads(body)
         return reference
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
         """Reachable and the model loaded (MLflow's /ping is 200 only with a model)."""
         try:
-            async with asyncio.timeout(self.timeout):
-                ping = await self._client.get("/ping")
-                if ping.status_code != 200:
-                    return False, {"reason": f"model server /ping answered {ping.status_code}"}
-                model = await self._client.get("/model")
-        except (TimeoutError, httpx.HTTPError) as exc:
+            status, _, _ = await self._get("/ping")
+            if status != 200:
+                return False, {"reason": f"model server /ping answered {status}"}
+            status, body, _ = await self._get("/model")
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return False, {"reason": f"model server unreachable ({type(exc).__name__})"}
-        info = model.json() if model.status_code == 200 else {}
+        info = orjson.loads(body) if status == 200 else {}
         return True, {"model": info}
 
 
 _JSON_HEADERS = {"content-type": JSON}
+KEEPALIVE_SECONDS = 4.0
 
 
 def _parse_row(item: Any, index: int) -> RowPrediction:

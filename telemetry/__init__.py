@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def _process_defaults() -> None:
     """Defaults for this process's OTel libraries, set when telemetry is built (never at
     import), each overridable by the same variable in the environment."""
-    # The FastAPI/httpx instrumentations read this once, at first use: the stable HTTP
+    # The FastAPI instrumentation reads this once, at first use: the stable HTTP
     # semantic conventions give `http_server_request_duration_seconds` in seconds.
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     # The SDK's own health metrics (spans processed/dropped by the batch processor, exports
@@ -117,17 +118,20 @@ class Telemetry:
     def meter(self, name: str) -> metrics.Meter:
         return self.meter_provider.get_meter(name)
 
-    def instrument_fastapi(self, app: Any, excluded_urls: str) -> None:
+    def instrument_fastapi(self, app: Any, excluded_urls: str, http_metrics: bool = True) -> None:
         """SERVER spans (joining the caller's W3C trace) and HTTP server metrics for an app.
 
         Probes and scrapes are excluded so they neither flood traces nor skew latency.
+        `http_metrics=False` keeps the spans but records none of the instrumentation's
+        metrics: for an app that times its requests itself (the gateway's
+        endpoint_request_time_seconds), where they would be a second copy paid per request.
         """
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=self.tracer_provider,
-            meter_provider=self.meter_provider,
+            meter_provider=self.meter_provider if http_metrics else NoOpMeterProvider(),
             # The per-message "http receive/send" spans add cost and no insight here.
             exclude_spans=["receive", "send"],
             excluded_urls=excluded_urls,

@@ -258,10 +258,6 @@ RENAMED_INSTRUMENTS: tuple[RenamedInstrument, ...] = (
         "http.server.request.duration", "http_server_request_duration_seconds",
         Kind.HISTOGRAM, "s", used_by="README Metrics (gateway and model server)",
     ),
-    RenamedInstrument(
-        "http.client.request.duration", "http_client_request_duration_seconds",
-        Kind.HISTOGRAM, "s", used_by="README Metrics (gateway to model server)",
-    ),
     # The batch span processor's health: `error_type="queue_full"` counts dropped spans.
     RenamedInstrument(
         "otel.sdk.processor.span.processed", "otel_sdk_processor_span_processed_total",
@@ -290,7 +286,7 @@ RENAMED_INSTRUMENTS: tuple[RenamedInstrument, ...] = (
     ),
 )  # fmt: skip
 
-# Instruments the FastAPI/ASGI and httpx instrumentations (and one of the SDK) create that no
+# Instruments the FastAPI/ASGI instrumentation (and one of the SDK) create that no
 # dashboard, rule or documented query reads: dropped by a View, so a request pays nothing to
 # aggregate them and neither path exports them. The old-convention names only exist with
 # OTEL_SEMCONV_STABILITY_OPT_IN=http/dup; they are dropped too so that mode adds nothing.
@@ -301,11 +297,6 @@ DROPPED_INSTRUMENTS: tuple[str, ...] = (
     "http.server.duration",
     "http.server.request.size",
     "http.server.response.size",
-    "http.client.duration",
-    "http.client.request.size",
-    "http.client.response.size",
-    "http.client.request.body.size",
-    "http.client.response.body.size",
     # Recorded by every metric reader per collection; its default boundaries are sized for
     # milliseconds although its unit is seconds, and nothing reads it.
     "otel.sdk.metric_reader.collection.duration",

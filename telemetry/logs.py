@@ -50,5 +50,3 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
-    # httpx logs every request at INFO; our access line already covers them.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
