@@ -89,6 +89,9 @@ def create_app(
             "MLflow model server behind an OpenTelemetry-instrumented gateway."
         ),
         lifespan=lifespan,
+        # No redirect from /predict/ to /predict: Starlette builds its Location from the
+        # request's Host header, before authentication (a redirect to any host).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.telemetry = telemetry

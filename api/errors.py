@@ -13,12 +13,17 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Scope
 
+from api.body import BodyRefused
 from api.circuit import retry_after_header
 from api.model_client import CircuitOpen, ModelServerError
 from api.observability import FAILURE_REASON
 from api.schemas import ErrorResponse
 
 log = logging.getLogger("lungwatch.gateway")
+
+# A 422 lists at most this many problems and counts the rest: an error body stays a few KB
+# whatever the request held.
+MAX_LISTED_ERRORS = 20
 
 
 def error_response(
@@ -28,11 +33,12 @@ def error_response(
     message: str,
     errors: list[dict[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
+    errors_omitted: int | None = None,
 ) -> JSONResponse:
     """`{"error": code, "message": ...}`. Every 4xx counts as reason `invalid_request` (the
     client's doing, outside the availability SLO); a 5xx counts under its own code."""
     scope.setdefault("state", {})[FAILURE_REASON] = "invalid_request" if status < 500 else code
-    body = ErrorResponse(error=code, message=message, errors=errors)
+    body = ErrorResponse(error=code, message=message, errors=errors, errors_omitted=errors_omitted)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
@@ -61,17 +67,41 @@ def _describe(error: Mapping[str, Any]) -> dict[str, str]:
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [_describe(e) for e in exc.errors()]
+    found = exc.errors()
+    errors = [_describe(e) for e in found[:MAX_LISTED_ERRORS]]
+    omitted = len(found) - len(errors)
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-    return error_response(request.scope, 422, "invalid_request", summary, errors)
+    if len(found) > 5:
+        summary += f"; and {len(found) - 5} more"
+    return error_response(
+        request.scope, 422, "invalid_request", summary, errors, errors_omitted=omitted or None
+    )
+
+
+async def body_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyRefused)
+    errors = [{"field": exc.field, "message": exc.problem}]
+    message = exc.problem if exc.field == "body" else f"{exc.field}: {exc.problem}"
+    return error_response(request.scope, exc.status_code, "invalid_request", message, errors)
+
+
+def _unparsed_body_message(cause: BaseException | None) -> str:
+    """Why FastAPI's own json.loads (routes without StrictJsonRoute) gave up on a body."""
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to be a request"
+    if isinstance(cause, UnicodeDecodeError):
+        return "request body is not UTF-8 text"
+    if isinstance(cause, ValueError):  # Python's limit on the digits of an integer
+        return "a number in the request body is too large"
+    return "request body could not be parsed as JSON"
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     message = str(exc.detail)
-    if exc.status_code == 400:
-        # FastAPI's answer to a body json.loads cannot handle (e.g. nested too deep).
-        message = "request body could not be parsed as JSON (too deeply nested or invalid)"
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        # FastAPI raises its 400 from the exception json.loads raised.
+        message = _unparsed_body_message(exc.__cause__)
     code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(
         exc.status_code, "http_error"
     )
@@ -95,6 +125,7 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(BodyRefused, body_refused)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(ModelServerError, model_error)
     app.add_exception_handler(Exception, unexpected_error)

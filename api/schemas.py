@@ -196,5 +196,8 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="Machine-readable code, e.g. invalid_request")
     message: str = Field(description="What went wrong, naming the field or the fault")
     errors: list[dict[str, str]] | None = Field(
-        default=None, description="Each invalid field with its problem"
+        default=None, description="Each invalid field with its problem (the first 20)"
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="How many more problems were found than `errors` lists"
     )

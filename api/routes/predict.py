@@ -6,12 +6,11 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from opentelemetry import trace
 
 from api.batching import MicroBatcher
-from api.deps import BatcherDep, MetricsDep, MonitorDep, SettingsDep
-from api.errors import error_response
+from api.body import RowLimit, StrictJsonRoute
+from api.deps import BatcherDep, MetricsDep, MonitorDep
 from api.model_client import ModelAnswer
 from api.monitoring import ModelMonitor
 from api.observability import STARTED_AT, GatewayMetrics
@@ -24,7 +23,8 @@ from api.schemas import (
     PredictResponse,
 )
 
-router = APIRouter(tags=["predictions"])
+# Bodies read under the gateway's JSON policy (api.body), not FastAPI's bare json.loads.
+router = APIRouter(tags=["predictions"], route_class=StrictJsonRoute)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -100,22 +100,13 @@ async def predict(
     summary="Predict several patients in one call (LUNGWATCH_GATEWAY_PREDICT_BATCH_MAX_ROWS)",
 )
 async def predict_batch(
+    _: RowLimit,  # first: the row count is checked before any row is validated
     body: BatchRequest,
     request: Request,
-    settings: SettingsDep,
     batcher: BatcherDep,
     metrics: MetricsDep,
     monitor: MonitorDep,
-) -> BatchResponse | JSONResponse:
-    limit = settings.predict_batch_max_rows
-    if len(body.rows) > limit:
-        return error_response(
-            request.scope,
-            422,
-            "invalid_request",
-            f"rows: at most {limit} rows per call, got {len(body.rows)}",
-            [{"field": "rows", "message": f"at most {limit} rows"}],
-        )
+) -> BatchResponse:
     rows = [row.row() for row in body.rows]
     predictions, model_version = await score(rows, batcher, metrics, monitor)
     return BatchResponse(

@@ -94,3 +94,86 @@ def test_bad_row_in_a_batch_names_its_index(gateway: App) -> None:
     response = gateway.client.post("/predict/batch", json=body)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "rows[1].features"
+
+
+# --- issue 16: one input policy, decided before pydantic sees a value ------------------------
+FEATURES_JSON = ", ".join(str(v) for v in GOOD)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b'{"features": [' + FEATURES_JSON.encode() + b'], "features": [' + FEATURES_JSON.encode() + b"]}", "features"),
+        (b'{"patient": {"age": 61, "age": 62, ' + b", ".join(b'"%s": 1' % n.encode() for n in FEATURE_NAMES[1:]) + b"}}", "age"),
+    ],
+)  # fmt: skip
+def test_duplicate_keys_are_refused_naming_the_key(gateway: App, raw: bytes, key: str) -> None:
+    response = gateway.client.post(
+        "/predict", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert f"duplicate key `{key}`" in response.json()["message"]
+    assert "61" not in response.text and "62" not in response.text  # no value echoed
+    assert gateway.model.calls == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "words", "not_words"),
+    [
+        (b'{"features": [' + b"7" * 5001 + b"]}", 400, "too large (more than 4300 digits)", "nested"),
+        (b"[" * 4000, 400, "nested too deeply", "too large"),
+        (b'{"features": [\xff]}', 400, "not UTF-8", "nested"),
+        (b'{"patient": {' + b", ".join(b'"k%d": 0' % i for i in range(65)) + b"}}", 422, "65 keys", "k64"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_bodies_the_parser_refuses_are_named_for_what_they_are(
+    gateway: App, path: str, raw: bytes, status: int, words: str, not_words: str
+) -> None:
+    response = gateway.client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error"] == "invalid_request" and words in payload["message"], payload
+    assert not_words not in response.text and "7777" not in response.text
+    assert gateway.model.calls == []
+
+
+def test_feedback_parse_failures_are_named_too(gateway: App) -> None:
+    # /feedback keeps FastAPI's parsing; its 400 is still named after its cause.
+    for raw, words in ((b'{"level": ' + b"7" * 5001 + b"}", "too large"), (b"[" * 4000, "nested")):
+        response = gateway.client.post(
+            "/feedback", content=raw, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400 and words in response.json()["message"]
+
+
+def test_the_row_count_is_checked_before_any_row_is_validated(gateway: App) -> None:
+    response = gateway.client.post("/predict/batch", json={"rows": [{}] * 6})  # limit 5
+    assert response.status_code == 422
+    payload = response.json()
+    assert payload["message"] == "rows: at most 5 rows per call, got 6"
+    assert payload["errors"] == [{"field": "rows", "message": "at most 5 rows per call, got 6"}]
+
+
+def test_a_422_lists_the_first_20_problems_and_counts_the_rest(gateway: App) -> None:
+    bad_patient = {name: 99 for name in FEATURE_NAMES}  # 22 of 23 out of range (age is not)
+    response = gateway.client.post("/predict/batch", json={"rows": [{"patient": bad_patient}] * 5})
+    assert response.status_code == 422
+    payload = response.json()
+    assert len(payload["errors"]) == 20
+    assert payload["errors_omitted"] == 5 * 22 - 20
+    assert payload["message"].endswith(f"; and {5 * 22 - 5} more")
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/predict/"), ("GET", "/health/")])
+def test_no_redirect_is_built_from_the_host_header(gateway: App, method: str, path: str) -> None:
+    response = gateway.client.request(
+        method,
+        path,
+        json={"features": GOOD},
+        headers={"Host": "evil.example"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert gateway.model.calls == []
