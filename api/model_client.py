@@ -82,8 +82,10 @@ class ModelClient:
         max_connections: int = GATEWAY_DEFAULTS.model_server_max_connections,
         breaker: CircuitBreaker | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        secret: str = "",
     ) -> None:
-        """`transport` replaces the network (tests pass an `httpx.MockTransport`)."""
+        """`transport` replaces the network (tests pass an `httpx.MockTransport`); `secret`
+        is the model server's shared secret, sent on every call."""
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
         self.base_url = base_url.rstrip("/")
@@ -98,6 +100,7 @@ class ModelClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
+            headers={"authorization": f"Bearer {secret}"} if secret else None,
         )
         # CLIENT spans that inject W3C traceparent, so the model server joins the trace.
         HTTPXClientInstrumentor.instrument_client(

@@ -166,6 +166,13 @@ class GatewaySettings(BaseSettings):
         description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
         "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
     )
+    # Issue 16, finding 6: the gateway proves itself to the model server.
+    model_server_secret: str = Field(
+        "",
+        repr=False,
+        description="Secret sent to the model server as `Authorization: Bearer` on every "
+        "call: the value of LUNGWATCH_MODEL_SERVER_SHARED_SECRET (empty: none sent).",
+    )
 
     @model_validator(mode="after")
     def _feedback_keys_are_api_keys(self) -> GatewaySettings:
@@ -245,6 +252,13 @@ class ModelServerSettings(BaseSettings):
         "",
         description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
         "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
+    )
+    # Issue 16, finding 6: only the gateway may call the model server.
+    shared_secret: str = Field(
+        "",
+        repr=False,
+        description="Secret (16+ characters) every request must bear as `Authorization: "
+        "Bearer`, except /ping, /health and /metrics (empty: no check; refused: 401).",
     )
 
 
