@@ -165,6 +165,11 @@ def check_features(batch: np.ndarray) -> np.ndarray:
     """An (n, 23) array of numbers as int64 when every value is a whole number within its
     feature's range (contract.features, the gateway's own rules), else BadRows. Without it a
     float such as 1e308 would be cast to -2**63 and an age of 987,654 scored."""
+    if batch.dtype.kind == "O":  # mixed types, None, integers beyond 64 bits
+        numbers = np.vectorize(_is_number, otypes=[bool])(batch)
+        if not numbers.all():
+            raise BadRows(_naming("must be a number in", ~numbers))
+        batch = batch.astype(np.float64)
     kind = batch.dtype.kind
     if kind == "f":
         whole = np.isfinite(batch) & (batch == np.floor(batch))
@@ -176,6 +181,12 @@ def check_features(batch: np.ndarray) -> np.ndarray:
     if outside.any():
         raise BadRows(_naming("must be within", outside))
     return batch.astype(np.int64, copy=False)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def parse_rows(body: bytes) -> np.ndarray:
@@ -213,7 +224,7 @@ def check_frame(data: Any) -> Any:
         raise BadRows(f"missing feature columns: {', '.join(missing)}")
     if frame.empty:
         raise BadRows("input has no rows")
-    not_numbers = [n for n in FEATURE_NAMES if frame[n].dtype.kind not in "iuf"]
+    not_numbers = [n for n in FEATURE_NAMES if frame[n].dtype.kind not in "iufO"]
     if not_numbers:
         raise BadRows(f"features must be numbers: {', '.join(not_numbers)}")
     batch = check_features(frame[list(FEATURE_NAMES)].to_numpy())
