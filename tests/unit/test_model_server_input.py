@@ -1,12 +1,15 @@
-"""The model server's own input rules and its shared-secret guard, in process (no model needed).
+"""The model server's own input rules and its shared-secret guard, and the gateway's client
+bearing the secret, in process (no model, no server).
 
 The real server answering with them: tests/integration/test_model_server_security.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pandas as pd
@@ -16,8 +19,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from api.model_client import ModelClient
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES
+from contract.wire import ROWS_PATH
 from model.serve import BadRows, SharedSecretGuard, check_frame, parse_rows
+from telemetry import build_telemetry
 
 ROW = list(EXAMPLE_FEATURES)
 
@@ -102,3 +108,28 @@ def test_the_guard_lets_the_secret_and_the_probes_through_only() -> None:
     # Two credentials: refused rather than choosing one.
     both = [("authorization", f"Bearer {SECRET}"), ("authorization", "Bearer other")]
     assert client.get("/docs", headers=both).status_code == 401
+
+
+def test_the_gateways_client_bears_the_secret_on_every_call() -> None:
+    seen: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.path] = request.headers.get("authorization")
+        if request.url.path == ROWS_PATH:
+            return httpx.Response(200, json={"probabilities": [[0.2, 0.3, 0.5]]})
+        return httpx.Response(200, json={"version": "1"})
+
+    async def calls() -> None:
+        client = ModelClient(
+            "http://model",
+            build_telemetry("unit"),
+            transport=httpx.MockTransport(handler),
+            secret=SECRET,
+        )
+        await client.predict([list(EXAMPLE_FEATURES)])
+        await client.ready()
+        await client.reference()
+        await client.aclose()
+
+    asyncio.run(calls())
+    assert seen == {p: f"Bearer {SECRET}" for p in (ROWS_PATH, "/ping", "/model", "/reference")}
