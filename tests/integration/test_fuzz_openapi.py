@@ -113,7 +113,7 @@ def test_no_generated_input_gives_the_model_server_an_error_or_an_echo(
 
     @given(case=api_operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=20 if method == "POST" else 1,
+        max_examples=15 if method == "POST" else 1,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),

@@ -80,23 +80,21 @@ GUARDED = [
 
 
 def test_every_route_but_the_probes_and_metrics_wants_the_secret(guarded: Guarded) -> None:
-    url = guarded.model_server.url
     bodies = {"/invocations": invocations_body(ROW), ROWS_PATH: {"rows": [ROW]}}
-    for method, path in GUARDED:
-        for headers in (
-            {},
-            {"authorization": f"Bearer {guarded.secret[:-1]}x"},  # one character off
-            {"authorization": guarded.secret},  # no scheme
-            {"x-api-key": guarded.secret},
-        ):
-            response = httpx.request(
-                method, url + path, json=bodies.get(path), headers=headers, timeout=10
-            )
-            assert response.status_code == 401, (method, path, headers, response.text)
-            assert response.json()["error"] == "unauthorized"
-            assert "x-model-version" not in response.headers  # nothing about the model
-    for path in ("/ping", "/health", "/metrics"):
-        assert httpx.get(url + path, timeout=10).status_code == 200, path
+    with httpx.Client(base_url=guarded.model_server.url, timeout=10) as anyone:
+        for method, path in GUARDED:
+            for headers in (
+                {},
+                {"authorization": f"Bearer {guarded.secret[:-1]}x"},  # one character off
+                {"authorization": guarded.secret},  # no scheme
+                {"x-api-key": guarded.secret},
+            ):
+                response = anyone.request(method, path, json=bodies.get(path), headers=headers)
+                assert response.status_code == 401, (method, path, headers, response.text)
+                assert response.json()["error"] == "unauthorized"
+                assert "x-model-version" not in response.headers  # nothing about the model
+        for path in ("/ping", "/health", "/metrics"):
+            assert anyone.get(path).status_code == 200, path
 
     with guarded.client() as client:
         assert client.get("/docs").status_code == 200
