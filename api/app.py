@@ -38,6 +38,7 @@ def build_model_client(settings: GatewaySettings, telemetry: Telemetry) -> Model
         timeout=settings.model_server_timeout_seconds,
         max_connections=settings.model_server_max_connections,
         breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds),
+        secret=settings.model_server_secret,
     )
 
 

@@ -84,7 +84,9 @@ class ModelClient:
         timeout: float = GATEWAY_DEFAULTS.model_server_timeout_seconds,
         max_connections: int = GATEWAY_DEFAULTS.model_server_max_connections,
         breaker: CircuitBreaker | None = None,
+        secret: str = "",
     ) -> None:
+        """`secret` is the model server's shared secret, sent on every call."""
         self.base_url = base_url.rstrip("/")
         url = yarl.URL(self.base_url)
         self.timeout = timeout
@@ -98,6 +100,7 @@ class ModelClient:
         # Built on first use: an aiohttp session belongs to the event loop it was made in,
         # and create_app runs before uvicorn starts its loop.
         self._session: aiohttp.ClientSession | None = None
+        self._headers = {"authorization": f"Bearer {secret}"} if secret else {}
         # Attributes of the CLIENT span, fixed per client (HTTP semantic conventions).
         self._span_attributes: dict[str, str | int] = {
             "http.request.method": "POST",
@@ -123,6 +126,7 @@ class ModelClient:
                 # connect has its own, shorter deadline so a dead host fails fast.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 cookie_jar=aiohttp.DummyCookieJar(),  # the model server sets none
+                headers=self._headers,
                 auto_decompress=False,
             )
         return session
@@ -242,6 +246,10 @@ class ModelClient:
             status, body, _ = await self._get("/model")
         except (TimeoutError, aiohttp.ClientError) as exc:
             return False, {"reason": f"model server unreachable ({type(exc).__name__})"}
+        if status == 401:
+            # /ping is open to probes; /model is not: a wrong or missing shared secret shows
+            # here, and every prediction would fail with 502.
+            return False, {"reason": "model server refused the gateway's shared secret (401)"}
         info = orjson.loads(body) if status == 200 else {}
         return True, {"model": info}
 

@@ -54,7 +54,12 @@ class GatewaySettings(BaseSettings):
         64, ge=1, description="Pooled keep-alive connections to the model server."
     )
     predict_batch_max_rows: int = Field(
-        100, ge=1, le=10_000, description="Rows accepted by one /predict/batch request (else 422)."
+        100,
+        ge=1,
+        # Rows are validated on the event loop: 1,000 invalid ones take ~0.2 s, 10,000 took
+        # 3-5 s during which the gateway answered nothing else.
+        le=1_000,
+        description="Rows accepted by one /predict/batch request (else 422).",
     )
     ready_cache_seconds: float = Field(
         1.0, ge=0, description="How long /ready reuses its last model-server check."
@@ -166,6 +171,13 @@ class GatewaySettings(BaseSettings):
         description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
         "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
     )
+    # Issue 16, finding 6: the gateway proves itself to the model server.
+    model_server_secret: str = Field(
+        "",
+        repr=False,
+        description="Secret sent to the model server as `Authorization: Bearer` on every "
+        "call: the value of LUNGWATCH_MODEL_SERVER_SHARED_SECRET (empty: none sent).",
+    )
 
     @model_validator(mode="after")
     def _feedback_keys_are_api_keys(self) -> GatewaySettings:
@@ -245,6 +257,13 @@ class ModelServerSettings(BaseSettings):
         "",
         description="Comma-separated addresses or networks of proxies whose X-Forwarded-For "
         "and X-Forwarded-Proto are believed (empty: none, the peer is the client; `*`: any).",
+    )
+    # Issue 16, finding 6: only the gateway may call the model server.
+    shared_secret: str = Field(
+        "",
+        repr=False,
+        description="Secret (16+ characters) every request must bear as `Authorization: "
+        "Bearer`, except /ping, /health and /metrics (empty: no check; refused: 401).",
     )
 
 

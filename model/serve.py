@@ -7,12 +7,18 @@ join the caller's trace (W3C traceparent), a `model.predict` span and the
 `model_inference_seconds` histogram around the model call, `/metrics`, `/model` (name,
 version, run id), and the served version in an `x-model-version` header on every response.
 It runs in-process under uvicorn, without the idle `mlflow models serve` parent process.
+
+Hardened against callers other than the gateway: with a shared secret set, every route but
+the probes and `/metrics` wants it (`SharedSecretGuard`); both prediction routes check each
+feature against its range (`check_features`), and no error body quotes the input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import os
@@ -30,7 +36,7 @@ from fastapi import FastAPI, Request, Response
 from opentelemetry.metrics import Observation
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.features import N_FEATURES
+from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from contract.server import run_uvicorn
 from contract.settings import ModelServerSettings
 from contract.wire import JSON, MODEL_VERSION_HEADER, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
@@ -124,36 +130,111 @@ _ERROR = {"outcome": "error"}
 
 
 def instrument_predict(pyfunc_model: Any, inference: Inference) -> None:
-    """Time and trace MLflow's own model call, apart from its parsing and JSON work."""
+    """Time and trace MLflow's own model call, apart from its parsing and JSON work, after
+    checking the input's ranges (a refused input is not a model call)."""
     original = pyfunc_model.predict
 
     # functools.wraps keeps the signature MLflow inspects for a `params` argument.
     @functools.wraps(original)
     def predict(data: Any, *args: Any, **kwargs: Any) -> Any:
-        with inference.call(len(data) if hasattr(data, "__len__") else 1):
-            return original(data, *args, **kwargs)
+        frame = check_frame(data)
+        with inference.call(len(frame)):
+            return original(frame, *args, **kwargs)
 
     pyfunc_model.predict = predict
 
 
 class BadRows(ValueError):
-    pass
+    """Input refused; the message names features and rows, never a value (patient data)."""
+
+
+_MINIMA = np.array([f.minimum for f in FEATURES], dtype=np.int64)
+_MAXIMA = np.array([f.maximum for f in FEATURES], dtype=np.int64)
+_SPANS = (_MAXIMA - _MINIMA).view(np.uint64)
+
+
+def _naming(problem: str, bad: np.ndarray) -> str:
+    """'age must be 1..120 (row 3)' for the features and first rows marked in `bad`."""
+    features = [FEATURES[i] for i in np.flatnonzero(bad.any(axis=0))]
+    rows = np.flatnonzero(bad.any(axis=1))
+    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    names = "; ".join(f"{f.name} {problem} {f.minimum}..{f.maximum}" for f in features)
+    return f"{names} (row {shown})"
+
+
+def check_features(batch: np.ndarray) -> np.ndarray:
+    """An (n, 23) array of numbers as int64 when every value is a whole number within its
+    feature's range (contract.features, the gateway's own rules), else BadRows. Without it a
+    float such as 1e308 would be cast to -2**63 and an age of 987,654 scored."""
+    if batch.dtype.kind == "O":  # mixed types, None, integers beyond 64 bits
+        numbers = np.vectorize(_is_number, otypes=[bool])(batch)
+        if not numbers.all():
+            raise BadRows(_naming("must be a number in", ~numbers))
+        batch = batch.astype(np.float64)
+    kind = batch.dtype.kind
+    if kind == "f":
+        whole = np.isfinite(batch) & (batch == np.floor(batch))
+        if not whole.all():
+            raise BadRows(_naming("must be a whole number in", ~whole))
+    elif kind == "i":
+        # The gateway's case, on every call: one subtraction and one comparison. Below the
+        # minimum wraps to a huge unsigned number, so both bounds are one test.
+        if (np.subtract(batch, _MINIMA).view(np.uint64) <= _SPANS).all():
+            return batch
+    elif kind != "u":
+        raise BadRows(f"every feature must be a number ({N_FEATURES} per row)")
+    outside = (batch < _MINIMA) | (batch > _MAXIMA)
+    if outside.any():
+        raise BadRows(_naming("must be within", outside))
+    return batch.astype(np.int64, copy=False)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
 
 
 def parse_rows(body: bytes) -> np.ndarray:
-    """The lean path's rows as an (n, 23) array; anything else is refused with a reason that
-    names the problem but never echoes the values."""
+    """The lean path's rows as an (n, 23) int64 array; anything else is refused with a reason
+    that names the problem but never echoes the values."""
     try:
         rows = orjson.loads(body)[ROWS_KEY]
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise BadRows(f'body must be a JSON object {{"{ROWS_KEY}": [[...], ...]}}') from exc
+    # numpy reads [1, true] as [1, 1]: booleans are refused on the bytes (the gateway never
+    # sends them), which costs two memchr-speed scans instead of a Python loop over values.
+    if b"true" in body or b"false" in body:
+        raise BadRows(f"{ROWS_KEY} must be lists of {N_FEATURES} integers")
     try:
-        batch = np.asarray(rows, dtype=np.int64)
+        batch = np.asarray(rows)
     except (TypeError, ValueError, OverflowError) as exc:
         raise BadRows(f"{ROWS_KEY} must be lists of {N_FEATURES} integers") from exc
     if batch.ndim != 2 or batch.shape[1] != N_FEATURES or batch.shape[0] == 0:
         raise BadRows(f"{ROWS_KEY} must be a non-empty list of rows of {N_FEATURES} integers")
-    return batch
+    return check_features(batch)
+
+
+def check_frame(data: Any) -> Any:
+    """/invocations' input as parsed without the signature (see replace_invocations): the 23
+    feature columns, each numeric and within range, as the int64 frame the signature wants
+    (33.0 is 33, as at the gateway)."""
+    import pandas as pd
+
+    try:
+        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    except (TypeError, ValueError) as exc:
+        raise BadRows(f"input must be a table with the {N_FEATURES} feature columns") from exc
+    missing = [name for name in FEATURE_NAMES if name not in frame.columns]
+    if missing:
+        raise BadRows(f"missing feature columns: {', '.join(missing)}")
+    if frame.empty:
+        raise BadRows("input has no rows")
+    not_numbers = [n for n in FEATURE_NAMES if frame[n].dtype.kind not in "iufO"]
+    if not_numbers:
+        raise BadRows(f"features must be numbers: {', '.join(not_numbers)}")
+    batch = check_features(frame[list(FEATURE_NAMES)].to_numpy())
+    return pd.DataFrame(batch, columns=list(FEATURE_NAMES))
 
 
 class RowsLane:
@@ -171,7 +252,7 @@ class RowsLane:
         try:
             batch = parse_rows(body)
         except BadRows as exc:
-            return 400, orjson.dumps({"error": str(exc)})
+            return 400, error_body("invalid_rows", str(exc))
         with self.inference.call(len(batch)):
             proba = self.risk_model.predict_proba(batch)
         return 200, orjson.dumps({PROBABILITIES_KEY: proba}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -204,7 +285,7 @@ class RowsFastLane:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > MAX_ROWS_BODY_BYTES:
-                status, body = 413, b'{"error": "body too large"}'
+                status, body = 413, error_body("too_large", "body too large")
                 break
             if not message.get("more_body", False):
                 status, body = self.lane.answer(b"".join(chunks))
@@ -212,6 +293,107 @@ class RowsFastLane:
         headers = [*self.lane.headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def error_body(error: str, message: str) -> bytes:
+    """The model server's own error shape, the gateway's too: a code and a sentence."""
+    return orjson.dumps({"error": error, "message": message})
+
+
+# Kubernetes probes and the gateway's readiness call /ping; Prometheus scrapes /metrics.
+# Neither holds the secret, and neither answer says anything about a patient or the model's
+# training data (/metrics carries the model's name and version in model_info).
+OPEN_PATHS = frozenset({"/ping", "/health", "/metrics"})
+
+
+class SharedSecretGuard:
+    """Refuses (401) every request but OPEN_PATHS without `Authorization: Bearer <secret>`,
+    before any route, body or middleware: the gateway holds the secret, other pods on the
+    network do not. Compared in constant time."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {secret}".encode()
+        self.refusal = error_body(
+            "unauthorized", "this model server answers only the Lungwatch gateway"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or scope["path"] in OPEN_PATHS or self._holds(scope):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = [
+            (b"content-type", JSON.encode()),
+            (b"content-length", str(len(self.refusal)).encode()),
+            (b"www-authenticate", b"Bearer"),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": self.refusal})
+
+    def _holds(self, scope: Scope) -> bool:
+        presented = [value for name, value in scope["headers"] if name == b"authorization"]
+        # One header only: two would leave open which of them a proxy or framework reads.
+        return len(presented) == 1 and hmac.compare_digest(presented[0], self.expected)
+
+
+# What /invocations answers instead of MLflow's messages, which quote the input (e.g.
+# "Failed to predict data '<the whole frame>'") or the caller's content type.
+_INVOCATIONS_REFUSALS = {
+    415: "unsupported content type: use application/json, text/csv or parquet, in UTF-8",
+}
+_INVOCATIONS_DEFAULT = (
+    f"input not understood: a table of the {N_FEATURES} feature columns in one of MLflow's "
+    "formats (dataframe_split, dataframe_records, instances, inputs; CSV; Parquet)"
+)
+
+
+def replace_invocations(app: FastAPI, pyfunc_model: Any) -> None:
+    """MLflow's /invocations, with its scoring logic unchanged, behind a handler of ours that
+    answers every refusal with a message naming the problem, never the input."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    app.router.routes[:] = [
+        route for route in app.router.routes if getattr(route, "path", None) != "/invocations"
+    ]
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> Response:
+        data = await request.body()
+        content_type = request.headers.get("content-type")
+        if not content_type:
+            return _refusal(415, "unsupported_media_type", _INVOCATIONS_REFUSALS[415])
+        try:
+            # No schema for the parsing: with one, MLflow casts every column to the
+            # signature's int64 before the model call (33.7 -> 33, 1e308 -> -2**63, true -> 1)
+            # and check_frame would see only the result. The model call still enforces it.
+            result = await asyncio.to_thread(
+                scoring_server.invocations, data, content_type, pyfunc_model, None
+            )
+        except MlflowException as exc:
+            # check_frame's BadRows, raised in the model call, reaches us as the context of
+            # the generic MlflowException MLflow raises in its place.
+            if isinstance(exc.__context__, BadRows):
+                return _refusal(400, "invalid_input", str(exc.__context__))
+            status = exc.get_http_status_code()
+            if status >= 500:
+                log.error("/invocations failed: %s", type(exc).__name__)
+                return _refusal(500, "model_error", "the model could not score this input")
+            return _refusal(status, "invalid_input", _INVOCATIONS_DEFAULT)
+        except Exception as exc:  # the traceback would hold the frame: type name only
+            log.error("/invocations failed: %s", type(exc).__name__)
+            return _refusal(500, "model_error", "the model could not score this input")
+        if result.status != 200:
+            message = _INVOCATIONS_REFUSALS.get(result.status, _INVOCATIONS_DEFAULT)
+            return _refusal(result.status, "invalid_input", message)
+        return Response(result.response, 200, media_type=result.mimetype)
+
+
+def _refusal(status: int, error: str, message: str) -> Response:
+    return Response(error_body(error, message), status, media_type=JSON)
 
 
 class ModelVersionHeader:
@@ -236,11 +418,14 @@ class ModelVersionHeader:
 
 
 def create_model_server_app(
-    model_uri: str, telemetry: Telemetry, *, pyfunc_model: Any = None
+    model_uri: str, telemetry: Telemetry, *, pyfunc_model: Any = None, shared_secret: str = ""
 ) -> FastAPI:
     import mlflow
     from mlflow.pyfunc import scoring_server
 
+    if 0 < len(shared_secret) < 16:
+        # Checked before the model loads; the value is not quoted (logs keep no secret).
+        raise ValueError("LUNGWATCH_MODEL_SERVER_SHARED_SECRET: at least 16 characters")
     # The same default store as training, so `make run` finds what it registered.
     mlflow.set_tracking_uri(tracking_uri())
     info = resolve_model_info(model_uri)
@@ -251,6 +436,7 @@ def create_model_server_app(
     inference = Inference(telemetry)
     instrument_predict(pyfunc_model, inference)
     app: FastAPI = scoring_server.init(pyfunc_model)
+    replace_invocations(app, pyfunc_model)
 
     rows_lane = RowsLane(risk_model, inference)
 
@@ -291,6 +477,9 @@ def create_model_server_app(
     # own middlewares; the version header is stamped outside it, on every response alike.
     app.add_middleware(RowsFastLane, lane=rows_lane)
     app.add_middleware(ModelVersionHeader, version=info.version)
+    if shared_secret:
+        # Outermost: a refusal carries no model version and costs no other middleware.
+        app.add_middleware(SharedSecretGuard, secret=shared_secret)
     telemetry.instrument_fastapi(
         app, excluded_urls="/ping,/health,/metrics,/version,/model,/reference"
     )
@@ -307,7 +496,12 @@ def serve_one(settings: ModelServerSettings, pyfunc_model: Any = None, worker: i
     threads and its Prometheus registry are per process."""
     telemetry = build_telemetry(SERVICE_NAME)
     try:
-        app = create_model_server_app(settings.model_uri, telemetry, pyfunc_model=pyfunc_model)
+        app = create_model_server_app(
+            settings.model_uri,
+            telemetry,
+            pyfunc_model=pyfunc_model,
+            shared_secret=settings.shared_secret,
+        )
         if worker is not None:
             # A scrape of the shared port reaches a random worker; each worker's own
             # numbers are on a port of its own, which Prometheus scrapes one by one.

@@ -12,12 +12,14 @@ and tornado into the dev environment for two children. The loop below is what is
 Ports and URLs come from the usual variables: LUNGWATCH_MODEL_SERVER_PORT (8080),
 LUNGWATCH_GATEWAY_PORT (8000), LUNGWATCH_GATEWAY_HOST / LUNGWATCH_MODEL_SERVER_HOST (127.0.0.1).
 The gateway is pointed at the model server it starts unless LUNGWATCH_GATEWAY_MODEL_SERVER_URL
-says otherwise.
+says otherwise. Both get one shared secret (LUNGWATCH_MODEL_SERVER_SHARED_SECRET, random per
+run unless set), so other local processes reach only the model server's /ping and /metrics.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -149,6 +151,9 @@ def main() -> int:
         "LUNGWATCH_GATEWAY_MODEL_SERVER_URL", f"http://{model_host}:{model_port}"
     )
     gateway_url = f"http://{host}:{port}"
+    # Kept for the whole run: a restarted child gets the same secret as the one still running.
+    secret = env.setdefault("LUNGWATCH_MODEL_SERVER_SHARED_SECRET", secrets.token_urlsafe(32))
+    env.setdefault("LUNGWATCH_GATEWAY_MODEL_SERVER_SECRET", secret)
 
     model = Child("model server", [sys.executable, "-m", "model.serve"])
     gateway = Child("gateway", [sys.executable, "-m", "api"])
@@ -172,7 +177,8 @@ def main() -> int:
                 f"  API docs       {gateway_url}/docs\n"
                 f"  metrics        {gateway_url}/metrics   and {model_url}/metrics\n"
                 f"  health, ready  {gateway_url}/health   {gateway_url}/ready\n"
-                f"  model server   {model_url}   (MLflow scoring app: /invocations, /ping)\n",
+                f"  model server   {model_url}   (MLflow scoring app: /invocations, /ping;\n"
+                "                 only the gateway's secret opens it, this run's is random)\n",
                 flush=True,
             )
         supervisor.run()

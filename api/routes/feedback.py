@@ -10,11 +10,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from api.body import StrictJsonRoute
 from api.deps import CallerDep, FeedbackPolicyDep, MonitorDep
 from api.errors import error_response
 from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 
-router = APIRouter(tags=["monitoring"])
+# Parsed like the prediction bodies: duplicate keys, huge numbers refused (api.body).
+router = APIRouter(tags=["monitoring"], route_class=StrictJsonRoute)
 
 STATUS = {
     "unknown_prediction": 404,

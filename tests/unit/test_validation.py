@@ -117,6 +117,15 @@ def test_duplicate_keys_are_refused_naming_the_key(gateway: App, raw: bytes, key
     assert gateway.model.calls == []
 
 
+def test_feedback_with_duplicate_keys_is_refused_too(gateway: App) -> None:
+    raw = b'{"prediction_id": "' + b"0" * 64 + b'", "true_class": 0, "true_class": 2}'
+    response = gateway.client.post(
+        "/feedback", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert "duplicate key `true_class`" in response.json()["message"]
+
+
 @pytest.mark.parametrize(
     ("raw", "status", "words", "not_words"),
     [
