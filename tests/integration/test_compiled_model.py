@@ -115,5 +115,6 @@ def test_the_lean_path_refuses_what_is_not_rows_without_echoing_it(
 ) -> None:
     response = httpx.post(f"{stack.model_server_url}{ROWS_PATH}", content=body)
     assert response.status_code == 400
-    assert words in response.json()["error"]
+    assert response.json()["error"] == "invalid_rows"
+    assert words in response.json()["message"]
     assert body.decode() not in response.text
