@@ -70,7 +70,8 @@ def labelled_rows() -> tuple[tuple[list[int], str], ...]:
 def send_traffic(
     gateway_url: str, singles: int = 30, batches: int = 5, invalid: int = 5
 ) -> list[tuple[str, str]]:
-    """Valid single and batch predictions plus rejected input (reason="invalid_request").
+    """Valid single and batch predictions, rejected input (reason="invalid_request") and a
+    refused request (415).
 
     Returns (prediction_id, true level) of every predicted row, for POST /feedback.
     """
@@ -92,6 +93,9 @@ def send_traffic(
             answered.extend(zip(ids, [level for _, level in batch], strict=True))
         for _ in range(invalid):
             assert client.post("/predict", json={"features": [1, 2, 3]}).status_code == 422
+        # Refused before admission (not traffic): api_refused_requests_total, for its alert.
+        refused = client.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+        assert refused.status_code == 415
     return answered
 
 
