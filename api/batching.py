@@ -7,8 +7,12 @@ when it holds `max_rows` rows (`full`), or when its oldest request has waited `m
 (`wait_expired`). Per-call cost (HTTP, pandas, schema checks) dominates the model server's
 time, so fuller calls mean more predictions per second.
 
-Tracing: the call gets a `model_server.batch` span, child of a sampled member (its first
-when none is) and linked to every request in it; each request gets a
+A lone request (nothing queued, a call slot free) is sent at once from its own task, as
+batching off would send it: no queue entry, no task, no future, no batch spans; its
+`model_server.predict` span is the child of its SERVER span.
+
+Tracing of a shared call: the call gets a `model_server.batch` span, child of a sampled
+member (its first when none is) and linked to every request in it; each request gets a
 `model_server.batched_predict` span, from enqueue to answer, linked to the batch span.
 Every request keeps its own trace.
 
@@ -31,6 +35,8 @@ from api.model_client import ModelAnswer, ModelClient
 from contract.settings import GATEWAY_DEFAULTS
 from telemetry import Telemetry
 from telemetry import instruments as ins
+
+_IDLE = {"reason": "idle"}
 
 
 @dataclass(eq=False)
@@ -95,6 +101,8 @@ class MicroBatcher:
         )
 
     async def _submit(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+        if not self._queue and self.in_flight < self.max_calls_in_flight:
+            return await self._alone(rows)
         loop = asyncio.get_running_loop()
         request = _Request(
             rows=rows,
@@ -116,6 +124,20 @@ class MicroBatcher:
             raise
         finally:
             self._request_span(request)
+
+    async def _alone(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
+        """A call for one request that found a free slot and an empty queue: it waited for
+        nothing, so it needs no batch spans (two spans fewer for most requests at moderate
+        load); the batch metrics still count it, as a call of its rows released `idle`."""
+        self.in_flight += 1
+        try:
+            self._size.record(len(rows))
+            self._releases.add(1, _IDLE)
+            self._wait.record(0.0)
+            return await self.client.predict(rows)
+        finally:
+            self.in_flight -= 1
+            self.release()  # requests that queued meanwhile take the freed slot
 
     def release(self) -> None:
         """Send as many calls as the rules allow; arm the timer for what must wait.

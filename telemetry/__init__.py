@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import NoOpMeterProvider
@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 
 from telemetry import exporters
 from telemetry.exposition import ExemplarPrometheusReader, exposition
-from telemetry.instruments import views
+from telemetry.instruments import DROPPED_INSTRUMENTS, views
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,47 @@ class ReportingExporter:
         return result
 
 
+class _WithoutDropped(metrics.MeterProvider):
+    """The provider, except that the instruments listed in DROPPED_INSTRUMENTS are no-ops.
+
+    A View with DropAggregation drops them too, but only after the SDK has built, checked
+    and hashed each measurement: the ASGI instrumentation records 4 of them per request
+    (active requests up and down, request and response sizes), which cost more than the
+    one histogram it is kept for. Here they cost a no-op call."""
+
+    def __init__(self, provider: metrics.MeterProvider) -> None:
+        self._provider = provider
+
+    def get_meter(self, name: str, *args: Any, **kwargs: Any) -> metrics.Meter:
+        # Duck-typed: it answers every Meter method, delegating all but three.
+        return cast(
+            metrics.Meter, _MeterWithoutDropped(self._provider.get_meter(name, *args, **kwargs))
+        )
+
+
+class _MeterWithoutDropped:
+    def __init__(self, meter: metrics.Meter) -> None:
+        self._meter = meter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._meter, name)
+
+    def create_histogram(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in DROPPED_INSTRUMENTS:
+            return metrics.NoOpHistogram(name)
+        return self._meter.create_histogram(name, *args, **kwargs)
+
+    def create_up_down_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in DROPPED_INSTRUMENTS:
+            return metrics.NoOpUpDownCounter(name)
+        return self._meter.create_up_down_counter(name, *args, **kwargs)
+
+    def create_counter(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in DROPPED_INSTRUMENTS:
+            return metrics.NoOpCounter(name)
+        return self._meter.create_counter(name, *args, **kwargs)
+
+
 @dataclass
 class Telemetry:
     """The providers of one process plus the registry its own /metrics serves."""
@@ -131,7 +172,9 @@ class Telemetry:
         FastAPIInstrumentor.instrument_app(
             app,
             tracer_provider=self.tracer_provider,
-            meter_provider=self.meter_provider if http_metrics else NoOpMeterProvider(),
+            meter_provider=(
+                _WithoutDropped(self.meter_provider) if http_metrics else NoOpMeterProvider()
+            ),
             # The per-message "http receive/send" spans add cost and no insight here.
             exclude_spans=["receive", "send"],
             excluded_urls=excluded_urls,

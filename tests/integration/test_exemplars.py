@@ -273,6 +273,12 @@ def test_traceql_in_the_docs_names_what_the_code_emits(stack: Stack) -> None:
     from tests.config.stack_files import DOCS_FILE, REPO_ROOT
 
     send_predictions(stack.gateway_url, 3)
+    # Lone requests share no call (no batch spans): 100 rows in one request are split into
+    # calls of 32, more than the 2 calls in flight, so the rest queue and share a call.
+    rows = {"rows": [{"features": list(EXAMPLE_FEATURES)}] * 100}
+    assert (
+        httpx.post(f"{stack.gateway_url}/predict/batch", json=rows, timeout=30).status_code == 200
+    )
     section = DOCS_FILE.read_text().split("### Traces in Grafana Explore (TraceQL)")[1]
     queries = re.findall(r"`(\{[^`]*\})`", section.split("\n## ")[0])
     assert len(queries) >= 8, queries

@@ -71,16 +71,19 @@ def batcher(
 
 def test_a_lone_request_is_sent_at_once() -> None:
     model = SlowModel(delay=0.0)
-    b, _ = batcher(model, max_wait_seconds=10.0)  # a wait that would show if it were taken
+    b, spans = batcher(model, max_wait_seconds=10.0)  # a wait that would show if it were taken
 
     async def run() -> float:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        await b.predict([GOOD])
+        with b._tracer.start_as_current_span("request"):
+            await b.predict([GOOD])
         return loop.time() - start
 
     assert asyncio.run(run()) < 1.0
     assert model.calls == [1]
+    # It waited for nothing and shared nothing: no batch spans, only its own.
+    assert [s.name for s in spans.get_finished_spans()] == ["request"]
 
 
 def test_concurrent_requests_share_calls_and_never_exceed_max_batch() -> None:
@@ -175,7 +178,8 @@ def test_a_queued_request_is_released_when_its_wait_expires() -> None:
             for s in spans.get_finished_spans()
             if s.name == "model_server.batch"
         ]
-        assert sorted(reasons) == ["idle", "wait_expired"]
+        # The first went alone (no batch span); the second was released by its wait.
+        assert reasons == ["wait_expired"]
 
     asyncio.run(run())
 
@@ -197,7 +201,9 @@ def test_every_request_trace_links_to_its_batch() -> None:
     batches = {s.context.span_id: s for s in finished if s.name == "model_server.batch"}
     requests = {s.name: s for s in finished if s.name.startswith("request-")}
     per_request = [s for s in finished if s.name == "model_server.batched_predict"]
-    assert len(per_request) == 6 and len(batches) < 6
+    # The first request finds the slot free and goes alone, without batch spans; the five
+    # that queued behind it share calls, and each links to its call's batch span.
+    assert len(per_request) == 5 and len(batches) < 5
     for span in per_request:
         assert span.parent is not None
         owner = next(r for r in requests.values() if r.context.span_id == span.parent.span_id)
@@ -211,7 +217,7 @@ def test_every_request_trace_links_to_its_batch() -> None:
             "wait_expired",
         }
     rows = [(s.attributes or {})["lungwatch.batch.rows"] for s in batches.values()]
-    assert sum(r for r in rows if isinstance(r, int)) == 6
+    assert sum(r for r in rows if isinstance(r, int)) == 5
 
 
 async def _post_many(app: object, n: int) -> list[httpx.Response]:
