@@ -174,6 +174,14 @@ class ObservabilityMiddleware:
         state[STARTED_AT] = start
         predicting = method == "POST" and path in PREDICTION_ENDPOINTS
         rss_before = self.metrics.rss() if predicting else 0
+        client = scope.get("client")
+        if client:
+            # FastAPI's SERVER span leaves out the peer (semantic conventions: recommended).
+            # uvicorn has already replaced it by X-Forwarded-For when, and only when, the
+            # connection came from a configured proxy (*_FORWARDED_ALLOW_IPS).
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("client.address", client[0])
         status = 500  # what the client gets if the app raises before answering
 
         async def send_with_status(message: Message) -> None:

@@ -110,4 +110,6 @@ def spawn() -> Iterator[Spawn]:
 
     yield start
     for process in reversed(started):
-        process.stop()
+        # Whatever the test checks is checked by now; a gateway whose OTLP backend the test
+        # stopped or black-holed would otherwise spend 15 s retrying its final export.
+        process.stop(timeout=5)
