@@ -22,9 +22,11 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -87,6 +89,64 @@ def load_reference(info: ModelInfo) -> dict[str, Any] | None:
         log.warning("model run %s has no drift reference", info.run_id)
         return None
     return reference
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What the registry says about the model to serve, and where its files now are."""
+
+    info: ModelInfo
+    path: str  # a local directory holding the model's MLflow files
+    reference: dict[str, Any] | None  # the drift reference logged with it
+    download_dir: str  # removed once the model is loaded (load_resolved)
+
+
+def load_resolved(resolved: ResolvedModel) -> Any:
+    """The pyfunc model, loaded from its downloaded files, which are then removed: the model
+    (the ONNX session or the pipeline) is in memory from here on."""
+    try:
+        return load_pyfunc(resolved.path)
+    finally:
+        shutil.rmtree(resolved.download_dir, ignore_errors=True)
+
+
+def resolve_in_child(model_uri: str) -> ResolvedModel:
+    """Ask the registry in a forked child, which exits once the model's files are local.
+
+    Reading the sqlite registry imports SQLAlchemy, alembic, mako and cryptography: 51 MB of
+    RSS measured, for a lookup made once at start-up. The child pays it and exits, so the
+    serving process never holds it (issue 11's RSS target). The wall time is the same as
+    doing it here: the child is forked, not started, and inherits what is already imported.
+    Call it before any thread starts (telemetry's exporters), as fork requires."""
+    import mlflow
+
+    target = tempfile.mkdtemp(prefix="lungwatch-model-")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: resolve, download, answer through the pipe, exit
+        os.close(read_end)
+        code = 0
+        answer: dict[str, Any]
+        try:
+            mlflow.set_tracking_uri(tracking_uri())
+            info = resolve_model_info(model_uri)
+            path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=target)
+            answer = {"info": asdict(info), "path": path, "reference": load_reference(info)}
+        except Exception as exc:  # the parent raises it with this message
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+            code = 1
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(orjson.dumps(answer))
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        raw = pipe.read()
+    os.waitpid(pid, 0)
+    found: dict[str, Any] = orjson.loads(raw) if raw else {"error": "the registry lookup died"}
+    if "error" in found:
+        shutil.rmtree(target, ignore_errors=True)
+        raise RuntimeError(f"cannot load {model_uri}: {found['error']}")
+    return ResolvedModel(ModelInfo(**found["info"]), found["path"], found["reference"], target)
 
 
 def load_pyfunc(model_uri: str) -> Any:
@@ -418,19 +478,17 @@ class ModelVersionHeader:
 
 
 def create_model_server_app(
-    model_uri: str, telemetry: Telemetry, *, pyfunc_model: Any = None, shared_secret: str = ""
+    resolved: ResolvedModel,
+    telemetry: Telemetry,
+    *,
+    pyfunc_model: Any = None,
+    shared_secret: str = "",
 ) -> FastAPI:
-    import mlflow
     from mlflow.pyfunc import scoring_server
 
-    if 0 < len(shared_secret) < 16:
-        # Checked before the model loads; the value is not quoted (logs keep no secret).
-        raise ValueError("LUNGWATCH_MODEL_SERVER_SHARED_SECRET: at least 16 characters")
-    # The same default store as training, so `make run` finds what it registered.
-    mlflow.set_tracking_uri(tracking_uri())
-    info = resolve_model_info(model_uri)
+    info = resolved.info
     if pyfunc_model is None:
-        pyfunc_model = load_pyfunc(model_uri)
+        pyfunc_model = load_resolved(resolved)
     risk_model = pyfunc_model.unwrap_python_model()
     info = replace(info, runtime=risk_model.runtime)
     inference = Inference(telemetry)
@@ -455,7 +513,7 @@ def create_model_server_app(
     async def model() -> dict[str, str]:
         return asdict(info)
 
-    reference = load_reference(info)
+    reference = resolved.reference
 
     @app.get("/reference")
     async def drift_reference() -> Response:
@@ -490,14 +548,17 @@ def create_model_server_app(
     return app
 
 
-def serve_one(settings: ModelServerSettings, pyfunc_model: Any = None, worker: int | None = None,
+def serve_one(settings: ModelServerSettings, resolved: ResolvedModel | None = None,
+              pyfunc_model: Any = None, worker: int | None = None,
               sock: socket.socket | None = None) -> None:  # fmt: skip
     """One serving process. Telemetry is built here, after any fork: the SDK's export
     threads and its Prometheus registry are per process."""
+    _check_secret(settings.shared_secret)
+    resolved = resolved or resolve_in_child(settings.model_uri)  # before any thread starts
     telemetry = build_telemetry(SERVICE_NAME)
     try:
         app = create_model_server_app(
-            settings.model_uri,
+            resolved,
             telemetry,
             pyfunc_model=pyfunc_model,
             shared_secret=settings.shared_secret,
@@ -517,10 +578,9 @@ def serve_workers(settings: ModelServerSettings) -> int:
     """Load the model once, then fork `workers` processes that share one listening socket
     (copy-on-write keeps the model's pages shared). SIGTERM is passed on to every worker; a
     worker that dies is replaced."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    pyfunc_model = load_pyfunc(settings.model_uri)
+    _check_secret(settings.shared_secret)
+    resolved = resolve_in_child(settings.model_uri)
+    pyfunc_model = load_resolved(resolved)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
@@ -532,7 +592,7 @@ def serve_workers(settings: ModelServerSettings) -> int:
         if pid == 0:
             code = 0
             try:
-                serve_one(settings, pyfunc_model, worker, sock)
+                serve_one(settings, resolved, pyfunc_model, worker, sock)
             except SystemExit as exc:
                 code = int(exc.code or 0)
             except BaseException:
@@ -570,6 +630,12 @@ def serve_workers(settings: ModelServerSettings) -> int:
             log.warning("model server worker %d exited (%d); starting a new one", worker, code)
             children[spawn(worker)] = worker
     return 1 if failed else 0
+
+
+def _check_secret(secret: str) -> None:
+    if 0 < len(secret) < 16:
+        # Checked before the model loads; the value is not quoted (logs keep no secret).
+        raise ValueError("LUNGWATCH_MODEL_SERVER_SHARED_SECRET: at least 16 characters")
 
 
 def main() -> int:
