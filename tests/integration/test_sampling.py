@@ -31,7 +31,7 @@ from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
 RATIO = 0.1
 REQUESTS = 500
-CONCURRENCY = 16  # enough waiting requests that calls merge into batches of several
+CONCURRENCY = 32  # enough waiting requests that calls merge into batches of several
 
 
 async def _send(url: str) -> list[str]:
@@ -81,10 +81,13 @@ def test_sampled_requests_keep_batch_spans_links_and_exemplars(
             "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": str(RATIO),
         }
+        # One call in flight: a model call now takes about a millisecond, and this test's
+        # client cannot keep 2 slots busy on its own; with one, requests queue and share calls.
+        gateway_env = {**env, "LUNGWATCH_GATEWAY_BATCH_MAX_CALLS_IN_FLIGHT": "1"}
         model_server = spawn(
             procs.model_server(trained_model, tmp_path, extra_env=env, ready_timeout=180)
         )
-        gateway = spawn(procs.gateway(model_server.url, tmp_path, extra_env=env))
+        gateway = spawn(procs.gateway(model_server.url, tmp_path, extra_env=gateway_env))
         prometheus = spawn(
             procs.prometheus(
                 tmp_path / "prometheus",
