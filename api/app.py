@@ -21,7 +21,12 @@ from api.feedback_store import AnsweredIds
 from api.guard import RequestGuard
 from api.model_client import ModelClient
 from api.monitoring import FeedbackStore, ModelMonitor
-from api.observability import GUARDED_ENDPOINTS, GatewayMetrics, ObservabilityMiddleware
+from api.observability import (
+    GUARDED_ENDPOINTS,
+    PROBE_PREFIXES,
+    GatewayMetrics,
+    ObservabilityMiddleware,
+)
 from api.prediction_ids import PredictionIds
 from api.routes import feedback, health, predict
 from api.routes.health import ReadinessCache
@@ -159,4 +164,4 @@ def create_app(
 
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:
-    return bool(scope.get("path", "").startswith(("/health", "/ready", "/metrics")))
+    return bool(scope.get("path", "").startswith(PROBE_PREFIXES))

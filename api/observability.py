@@ -45,6 +45,8 @@ REFUSALS = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
+# Probes and scrapes: neither traced (api.app) nor logged, so they do not drown either.
+PROBE_PREFIXES = ("/health", "/ready", "/metrics")
 # Longest path written whole into an access log line; the rest is summarized by its length.
 MAX_LOGGED_PATH = 256
 
@@ -221,7 +223,7 @@ class ObservabilityMiddleware:
                 # too often); never counted as served or failed traffic.
                 reason = REFUSALS[status]
                 self.metrics.refused.add(1, _REFUSAL_ATTRIBUTES[(path, status)])
-            if not path.startswith(("/metrics", "/health", "/ready")):
+            if not path.startswith(PROBE_PREFIXES):
                 access_log.info(
                     "request",
                     extra={
