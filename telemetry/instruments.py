@@ -18,6 +18,8 @@ from typing import Any
 
 from opentelemetry.metrics import Meter
 
+from telemetry.tallies import CounterTally, GaugeTally
+
 # Seconds, from a lone cached request (~5 ms) to the gateway's longest deadline (10 s).
 # The SDK's default boundaries are millisecond-sized (0, 5, 10, ... 10000) even for unit "s".
 LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
@@ -219,9 +221,14 @@ CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.con
 
 
 def create(meter: Meter, spec: InstrumentSpec, callbacks: Any = None) -> Any:
-    """Create the SDK instrument a spec describes on the given meter."""
+    """Create the instrument a spec describes on the given meter.
+
+    Counters and gauges are tallies (telemetry.tallies): plain numbers the SDK reads at
+    collection, with the SDK instruments' `add`/`set`; histograms are the SDK's own."""
     if spec.kind is Kind.COUNTER:
-        return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+        return CounterTally(meter, spec.name, spec.unit, spec.description)
+    if spec.kind is Kind.GAUGE:
+        return GaugeTally(meter, spec.name, spec.unit, spec.description)
     if spec.kind is Kind.HISTOGRAM:
         return meter.create_histogram(
             spec.name,
@@ -229,8 +236,6 @@ def create(meter: Meter, spec: InstrumentSpec, callbacks: Any = None) -> Any:
             description=spec.description,
             explicit_bucket_boundaries_advisory=list(spec.buckets or ()),
         )
-    if spec.kind is Kind.GAUGE:
-        return meter.create_gauge(spec.name, unit=spec.unit, description=spec.description)
     if spec.kind is Kind.UP_DOWN_COUNTER:
         return meter.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
     return meter.create_observable_gauge(
@@ -303,13 +308,42 @@ DROPPED_INSTRUMENTS: tuple[str, ...] = (
 )
 
 
+# Histograms whose values are not a time: an exemplar there would link a trace nobody opens
+# from it, and offering one costs every record a reservoir update per metric reader (the
+# confidence histogram is recorded for every predicted row). Every time histogram keeps its
+# exemplars.
+WITHOUT_EXEMPLARS: tuple[str, ...] = (CONFIDENCE.name, BATCH_SIZE.name)
+
+
 def views() -> list[Any]:
-    """The SDK Views that give other libraries' instruments their Prometheus names and drop
-    the ones nothing reads."""
+    """The SDK Views that give other libraries' instruments their Prometheus names, drop
+    the ones nothing reads and keep no exemplars where none is read."""
     from opentelemetry.sdk.metrics.view import DropAggregation, View
 
     renamed = [View(instrument_name=r.source, name=r.name) for r in RENAMED_INSTRUMENTS]
     dropped = [
         View(instrument_name=name, aggregation=DropAggregation()) for name in DROPPED_INSTRUMENTS
     ]
-    return renamed + dropped
+    plain = [
+        View(instrument_name=name, exemplar_reservoir_factory=_no_exemplars)
+        for name in WITHOUT_EXEMPLARS
+    ]
+    return renamed + dropped + plain
+
+
+def _no_exemplars(aggregation_type: type) -> Any:
+    from opentelemetry.sdk.metrics import ExemplarReservoir
+
+    class NoExemplars(ExemplarReservoir):
+        """Keeps nothing: the SDK still asks the exemplar filter, then offers to this."""
+
+        def __init__(self, **_aggregation_parameters: Any) -> None:
+            pass
+
+        def offer(self, *_measurement: Any) -> None:
+            pass
+
+        def collect(self, point_attributes: Any) -> list[Any]:
+            return []
+
+    return NoExemplars

@@ -205,13 +205,22 @@ def test_text_format_is_the_upstream_exporters_byte_for_byte() -> None:
     upstream_om, _ = exposition(upstream_registry, OPENMETRICS)
     our_om, _ = exposition(our_registry, OPENMETRICS)
     assert b" # {" not in upstream_om
-    # One exemplar per bucket a value fell in (the reservoir keeps the latest per bucket).
+    # One exemplar per bucket a value fell in (the reservoir keeps the latest per bucket),
+    # on the histograms of a time only (ins.WITHOUT_EXEMPLARS).
+    timed = [
+        spec
+        for spec in ins.ALL_INSTRUMENTS
+        if spec.kind is ins.Kind.HISTOGRAM and spec.name not in ins.WITHOUT_EXEMPLARS
+    ]
+    assert timed and all(spec.unit == "s" for spec in timed)
     expected = sum(
         len({bisect.bisect_left(spec.buckets or (), v) for v in (0.003, 0.3, 7.0, 20.0)})
-        for spec in ins.ALL_INSTRUMENTS
-        if spec.kind is ins.Kind.HISTOGRAM
+        for spec in timed
     )
     assert our_om.count(b" # {span_id=") == expected
+    for name in ins.WITHOUT_EXEMPLARS:
+        lines = [line for line in our_om.splitlines() if line.startswith(name.encode())]
+        assert lines and not any(b" # {" in line for line in lines), name
     assert b'le="+Inf"' in our_om and b"} 20.0 " in our_om
     provider.shutdown()
 
