@@ -64,7 +64,7 @@ class Plan:
 QUIET_LOAD = 0.10
 
 
-# Full: ~110 s per system per round, so 3 rounds of 6 systems take 35-40 minutes.
+# Full: ~110 s per system per round, so 3 rounds of 7 systems take 40-45 minutes.
 FULL = Plan(rounds=3, warmup_seconds=3, closed_seconds=6, open_seconds=10)
 # Quick: one short round, ~7 minutes with training, proving every system starts and every
 # load runs.

@@ -11,6 +11,7 @@ from devtools.stats import Spread, Target, evaluate_target, per_round_ratios, sp
 
 LUNGWATCH, TELEMETRY_OFF, MLFLOW = "lungwatch", "telemetry_off", "mlflow"
 BENTOML, BENTOML_SKLEARN = "bentoml_onnx", "bentoml_sklearn"
+SAMPLED = "sampled"  # full telemetry except that 10 % of traces are sampled
 
 # Issue 11's targets, all inside one round with full telemetry on and every system serving the
 # same registered artifact; "BentoML" alone is BentoML serving the same ONNX file. System keys
@@ -151,6 +152,10 @@ EXTRA_RATIOS: tuple[tuple[str, str, str, str], ...] = (
      "cpu_ms_c8"),
     ("ONNX gain in BentoML: 8 connections, ONNX / scikit-learn", BENTOML, BENTOML_SKLEARN,
      "throughput_c8"),
+    ("best closed loop, 10 % of traces sampled / telemetry off", SAMPLED, TELEMETRY_OFF,
+     "saturation_rps"),
+    ("best closed loop, 10 % of traces sampled / full telemetry", SAMPLED, LUNGWATCH,
+     "saturation_rps"),
 )  # fmt: skip
 
 

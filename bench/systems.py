@@ -3,9 +3,10 @@
 (1) bare `mlflow models serve`; (2) BentoML with adaptive batching serving the registered ONNX
 file on onnxruntime and (3) the registered scikit-learn pipeline, each in the bench's own
 venv; (4) the full Lungwatch path with telemetry exported over OTLP, (5) the same with the
-OTel SDK disabled, (6) the same with micro-batching off. Every system serves the one model
-trained at the start of the run, and its cold start runs from its first process's start to
-its first successful prediction.
+OTel SDK disabled, (6) the same with micro-batching off, (7) full telemetry except that only
+10 % of traces are sampled. Every system serves the one model trained at the start of the
+run, and its cold start runs from its first process's start to its first successful
+prediction.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ SYSTEMS: tuple[SystemSpec, ...] = (
         "(6) Lungwatch, batching off",
         "lungwatch",
         env={"LUNGWATCH_GATEWAY_BATCHING": "false"},
+        otlp=True,
+    ),
+    SystemSpec(
+        "sampled",
+        "(7) Lungwatch, every metric, 10 % of traces",
+        "lungwatch",
+        # Head sampling as a busy deployment would set it: what full telemetry costs beyond
+        # this is the price of the other 90 % of traces (not a target: (4) is).
+        env={"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
         otlp=True,
     ),
 )
