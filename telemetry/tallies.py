@@ -3,7 +3,7 @@
 Why not the SDK's synchronous Counter and Gauge: each `add`/`set` builds a Measurement,
 hashes its attributes, takes a lock and offers an exemplar, once per metric reader (two in
 the gateway: /metrics and OTLP). Profiled at 64 connections, the gateway's ~9 such records
-per prediction cost ~150 µs of its ~1.3 ms (docs/performance.md). Here a record is a dict
+per prediction cost ~180 µs of its ~1.3 ms (docs/performance.md). Here a record is a dict
 update under a lock (under 1 µs), and an observable instrument reports the numbers once per
 collection. Both paths export the same thing as before: a counter is a monotonic cumulative
 sum, a gauge the last value set. They carry no exemplars; only the latency histograms do,
