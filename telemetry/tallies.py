@@ -13,7 +13,7 @@ and those stay synchronous (a histogram has no observable form).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -28,11 +28,15 @@ def _key(attributes: Attributes) -> _Key:
 
 
 class _Tally:
-    def __init__(self) -> None:
+    def __init__(
+        self, create_observable: Callable[..., Any], name: str, unit: str, description: str
+    ) -> None:
         self._values: dict[_Key, float] = {}
         # The event loop records; a reader's thread (OTLP export) collects; a threadpool
-        # route may record too. Uncontended, the lock costs ~0.1 µs.
+        # route may record too. Uncontended, the lock costs ~0.1 µs. Label values come from
+        # fixed sets (tests/unit/test_refusals.py), so the dict stays small.
         self._lock = threading.Lock()
+        create_observable(name, callbacks=[self._observe], unit=unit, description=description)
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
@@ -44,10 +48,7 @@ class CounterTally(_Tally):
     """A monotonic counter: `add(amount, attributes)`, as the SDK's Counter."""
 
     def __init__(self, meter: Meter, name: str, unit: str, description: str) -> None:
-        super().__init__()
-        meter.create_observable_counter(
-            name, callbacks=[self._observe], unit=unit, description=description
-        )
+        super().__init__(meter.create_observable_counter, name, unit, description)
 
     def add(self, amount: float, attributes: Attributes = None, context: Any = None) -> None:
         key = _key(attributes)
@@ -59,10 +60,7 @@ class GaugeTally(_Tally):
     """The last value set, per attribute set: `set(value, attributes)`, as the SDK's Gauge."""
 
     def __init__(self, meter: Meter, name: str, unit: str, description: str) -> None:
-        super().__init__()
-        meter.create_observable_gauge(
-            name, callbacks=[self._observe], unit=unit, description=description
-        )
+        super().__init__(meter.create_observable_gauge, name, unit, description)
 
     def set(self, value: float, attributes: Attributes = None, context: Any = None) -> None:
         key = _key(attributes)
