@@ -7,6 +7,8 @@ import signal
 import socket
 from typing import Any, Protocol
 
+GC_YOUNG_THRESHOLD = 20_000
+
 
 class ServerSettings(Protocol):
     """What run_uvicorn reads: the fields GatewaySettings and ModelServerSettings share."""
@@ -70,4 +72,12 @@ def run_uvicorn(app: Any, settings: ServerSettings, sock: socket.socket | None =
     # it, which otherwise stalls every request in flight for tens to hundreds of ms.
     gc.collect()
     gc.freeze()
+    # Collect the youngest generation after 20,000 net allocations instead of 700. Under
+    # load, a request's objects (and the spans the batch processor holds until its next
+    # export, up to 512 of ~20 objects each) survive the default's frequent young
+    # collections, so each of them is then traversed again by generation-1 and full
+    # collections: measured with gc.callbacks over 8 s at 64 connections, the gateway spent
+    # ~0.9 s in the collector with telemetry on and with it off (~110 and ~55 µs a request),
+    # and 0.01-0.02 s with this threshold; the longest pause stayed under 20 ms either way.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)

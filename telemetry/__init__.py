@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
 
 from telemetry import exporters
 from telemetry.exposition import ExemplarPrometheusReader, exposition
@@ -219,9 +219,12 @@ def build_telemetry(
     )
 
     registry = CollectorRegistry(auto_describe=True)
-    # process_* (RSS, CPU seconds, open fds) for the System dashboard: the SDK has no
-    # process metrics of its own. Direct scrape only; compose keeps them from that job.
+    # process_* (RSS, CPU seconds, open fds) for the System dashboard, and python_gc_*
+    # (collections and objects collected per generation: what the collector costs, see
+    # contract/server.py): the SDK has no process metrics of its own. Direct scrape only;
+    # compose keeps them from that job.
     ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
     readers: list[MetricReader] = list(metric_readers)
     if prometheus:
         readers.append(ExemplarPrometheusReader(registry))
