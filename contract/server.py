@@ -76,7 +76,7 @@ def run_uvicorn(app: Any, settings: ServerSettings, sock: socket.socket | None =
     # load, a request's objects (and the spans the batch processor holds until its next
     # export, up to 512 of ~20 objects each) survive the default's frequent young
     # collections, so each of them is then traversed again by generation-1 and full
-    # collections: measured with gc.callbacks over 8 s at 64 connections, the gateway spent
+    # collections: measured with gc.callbacks over 11 s at 64 connections, the gateway spent
     # ~0.9 s in the collector with telemetry on and with it off (~110 and ~55 µs a request),
     # and 0.01-0.02 s with this threshold; the longest pause stayed under 20 ms either way.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
