@@ -3,8 +3,8 @@ young-generation threshold), and /metrics shows how often it ran (python_gc_*).
 
 With CPython's default threshold (700) the gateway ran a young collection about every six
 requests and, through them, generation-1 and full collections that traverse everything the
-requests and the span batch processor keep alive: ~0.9 s of collector time in 8 s at 64
-connections (docs/performance.md)."""
+requests and the span batch processor keep alive: ~0.9 s of collector time over a 3 s
+warm-up and 8 s at 64 connections (docs/performance.md)."""
 
 from __future__ import annotations
 
