@@ -85,7 +85,9 @@ def create_app(
     """Build the gateway. Tests pass in-memory telemetry or another model client."""
     settings = settings or GatewaySettings()
     owns_telemetry = telemetry is None
-    telemetry = telemetry or build_telemetry(SERVICE_NAME)
+    telemetry = telemetry or build_telemetry(
+        SERVICE_NAME, span_export_process=settings.span_export_process
+    )
     client = model_client or build_model_client(settings, telemetry)
 
     app = FastAPI(

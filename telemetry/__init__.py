@@ -205,11 +205,14 @@ def build_telemetry(
     span_exporter: SpanExporter | None = None,
     metric_readers: Sequence[MetricReader] = (),
     prometheus: bool = True,
+    span_export_process: bool = False,
 ) -> Telemetry:
     """Providers for one process: /metrics always, OTLP and console when the env asks.
 
     `span_exporter` and `metric_readers` are for tests (in-memory); spans given to an
     injected exporter are handed over synchronously so a test sees them at once.
+    `span_export_process`: OTLP spans are encoded and sent by a child process
+    (telemetry/span_relay.py), off this process's core and GIL.
     """
     _process_defaults()
     service_name = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
@@ -251,7 +254,14 @@ def build_telemetry(
         # The batch processor exports from its own thread and its queue is bounded
         # (OTEL_BSP_MAX_QUEUE_SIZE, 2048): with the backend down or silent, spans are
         # dropped and counted, never queued without limit, and no request waits on them.
-        exporter = ReportingExporter(exporters.otlp_span_exporter(meter_provider), "traces")
+        if span_export_process:
+            # imported here: the child runs `python -m telemetry.span_relay`
+            from telemetry.span_relay import SpanRelayExporter
+
+            otlp: Any = SpanRelayExporter(resource, meter_provider)
+        else:
+            otlp = exporters.otlp_span_exporter(meter_provider)
+        exporter = ReportingExporter(otlp, "traces")
         tracer_provider.add_span_processor(
             BatchSpanProcessor(exporter, meter_provider=meter_provider)  # type: ignore[arg-type]
         )
