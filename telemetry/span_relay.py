@@ -267,6 +267,11 @@ class SpanRelayExporter(SpanExporter):
                     return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS
 
+    def child_pid(self) -> int | None:
+        """The running child's pid, for span_relay_process_* on /metrics; None without one."""
+        child = self._child
+        return child.process.pid if child is not None else None
+
     def _started(self) -> _Child:
         if self._child is not None:
             return self._child

@@ -229,9 +229,9 @@ def direct_path(openmetrics: str) -> set[Stored]:
     return stored
 
 
-# Only the direct path has these: the process collector and the reader's resource info
+# Only the direct path has these: the process collectors and the reader's resource info
 # (the Collector writes its own target_info from the resource).
-DIRECT_ONLY = re.compile(r"process_.*|python_.*|target_info")
+DIRECT_ONLY = re.compile(r"process_.*|span_relay_process_.*|python_.*|target_info")
 
 
 @pytest.fixture(scope="module")

@@ -207,6 +207,7 @@ def test_a_real_gateway_exports_through_one_child_and_flushes_it_on_shutdown(
         assert [a.status_code for a in answers] == [200, 200, 200]
         trace_ids = {a.headers["x-trace-id"] for a in answers}
         assert _relay_children(gateway.proc.pid) == []  # nothing exported yet: no child
+        assert "span_relay_process_" not in httpx.get(f"{gateway.url}/metrics", timeout=5).text
         gateway.stop()  # SIGTERM: the batch processor flushes through the relay
         gateway_spans = [s for s in receiver.spans() if s.service == "lungwatch-gateway"]
         for trace_id in trace_ids:
@@ -227,7 +228,18 @@ def test_the_gateway_counts_relayed_exports_and_has_one_child(stack: Stack) -> N
     while _exported_total(stack.gateway_url) <= before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _exported_total(stack.gateway_url) > before
-    assert len(_relay_children(stack.gateway.proc.pid)) == 1
+    (child,) = _relay_children(stack.gateway.proc.pid)
+    # the child's own process metrics, beside the gateway's process_*
+    text = httpx.get(f"{stack.gateway_url}/metrics", timeout=5).text
+    samples = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("span_relay_process_")
+    )
+    rss = float(samples["span_relay_process_resident_memory_bytes"])
+    assert 0.5 < rss / child.memory_info().rss < 2
+    assert float(samples["span_relay_process_cpu_seconds_total"]) > 0
+    assert float(samples["span_relay_process_start_time_seconds"]) == pytest.approx(
+        child.create_time(), abs=2
+    )
     trace_id = answer.headers["x-trace-id"]
     deadline = time.monotonic() + 15
     while not stack.otlp.trace(trace_id) and time.monotonic() < deadline:
