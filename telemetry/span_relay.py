@@ -16,8 +16,9 @@ and counted when full) run in the serving process; so do the exporter's own metr
 (otel_sdk_exporter_span_*, with the error type the child's exporter saw), counted around
 each relayed batch; an export waits for the child's answer, so a backend that is down slows
 the export thread, never a request. The child is started at the first export (not at
-start-up: cold start pays nothing) and again, at most every RESPAWN_SECONDS, after it died;
-it exits when its input closes, that is when the serving process shuts down or dies.
+start-up: cold start pays nothing) and again, at most every RESPAWN_SECONDS, after it died,
+in a session of its own (signals to the serving process's group do not reach it); it exits
+when its input closes, that is when the serving process shuts down or dies.
 
 The encoded bytes are the ones the upstream exporter would send from the serving process:
 tests/unit/test_span_relay.py compares them byte for byte.
@@ -201,6 +202,11 @@ class _Child:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            # Its own session: a Ctrl-C or a SIGTERM sent to the serving process's group
+            # (a terminal, `make run`) must not reach it, not even while it is still
+            # importing, before main() can ignore them: the serving process's final flush
+            # goes through it. Its lifetime is the pipe's.
+            start_new_session=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.to_child = Connection(os.dup(self.process.stdin.fileno()), readable=False)
@@ -369,7 +375,8 @@ class _Outcome:
 
 def main() -> None:
     # The serving process ends this one by closing its input, after its last flush; a
-    # Ctrl-C or SIGTERM sent to the whole process group must not cut that flush short.
+    # signal meant for the serving process must not cut that flush short (the child runs in
+    # its own session already, so only a signal sent to its own pid gets here).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from_parent = Connection(0, writable=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +246,72 @@ def test_the_gateway_counts_relayed_exports_and_has_one_child(stack: Stack) -> N
     while not stack.otlp.trace(trace_id) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert any(s.service == "lungwatch-gateway" for s in stack.otlp.trace(trace_id))
+
+
+def test_ctrl_c_to_the_process_group_leaves_the_child_to_flush_the_last_spans(
+    integration_dir: Path, trained_model: procs.TrainedModel, spawn: Spawn
+) -> None:
+    """`make run` and a terminal send Ctrl-C to every process of the group: the child must
+    outlive it, or the gateway's final flush has nowhere to go."""
+    receiver = OtlpReceiver().start()
+    gateway: subprocess.Popen[bytes] | None = None
+    try:
+        logs = integration_dir / "logs-relay-sigint"
+        logs.mkdir(exist_ok=True)
+        model_server = spawn(
+            procs.model_server(trained_model, logs, extra_env=procs.otlp_env(receiver.endpoint))
+        )
+        port = procs.free_port()
+        # Two lone predictions are 4 gateway spans, one full batch: exported at once, which
+        # starts the child. The third prediction's 2 spans wait (60 s delay) for the flush.
+        env = procs.base_env(
+            **{
+                **procs.otlp_env(receiver.endpoint),
+                "OTEL_BSP_SCHEDULE_DELAY": "60000",
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4",
+                "LUNGWATCH_GATEWAY_PORT": str(port),
+                "LUNGWATCH_GATEWAY_MODEL_SERVER_URL": model_server.url,
+                "OTEL_SERVICE_NAME": "lungwatch-gateway",
+            }
+        )
+        with (logs / "gateway.log").open("ab") as log:
+            gateway = subprocess.Popen(  # its own process group, as a terminal's job is
+                [procs.PYTHON, "-m", "api"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_until(lambda: _healthy(url), 30, "the gateway to answer /health")
+
+        def predict() -> str:
+            answer = httpx.post(f"{url}/predict", json={"features": EXAMPLE_FEATURES}, timeout=10)
+            assert answer.status_code == 200
+            return answer.headers["x-trace-id"]
+
+        def gateway_spans(trace_id: str) -> set[str]:
+            # the model server exports to the same receiver, under the same trace ids
+            return {s.name for s in receiver.trace(trace_id) if s.service == "lungwatch-gateway"}
+
+        first = [predict(), predict()]
+        procs.wait_until(lambda: _relay_children(gateway.pid), 20, "the relay child")
+        (child,) = _relay_children(gateway.pid)
+        assert os.getsid(child.pid) != os.getsid(gateway.pid)  # out of the group's reach
+        procs.wait_until(
+            lambda: all(gateway_spans(t) for t in first), 20, "the first batch, relayed"
+        )
+        last = predict()
+        assert not gateway_spans(last)  # still queued in the gateway
+        os.killpg(gateway.pid, signal.SIGINT)
+        assert gateway.wait(30) == 0
+        assert gateway_spans(last) == {"POST /predict", "model_server.predict"}
+        child.wait(10)  # and then the child is gone too
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.kill()
+        receiver.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
