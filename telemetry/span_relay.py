@@ -256,9 +256,14 @@ class SpanRelayExporter(SpanExporter):
             if self._shutdown:
                 return SpanExportResult.FAILURE
             records = [flatten(span) for span in spans]
-            with self._counted(len(records)) as counted:
+            try:
+                child = self._started()
+            except SpanRelayError as exc:
+                self._count_unsent(len(records), exc)
+                return SpanExportResult.FAILURE
+            # Counted as the upstream exporter counts one export (otel_sdk_exporter_span_*).
+            with self._metrics.export_operation(len(records)) as counted:
                 try:
-                    child = self._started()
                     child.to_child.send_bytes(pickle.dumps(records, pickle.HIGHEST_PROTOCOL))
                     ok, error_type, error_attributes = child.answer(
                         _export_deadline_seconds() + ANSWER_GRACE_SECONDS
@@ -272,6 +277,14 @@ class SpanRelayExporter(SpanExporter):
                     counted.error_attrs = error_attributes
                     return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS
+
+    def _count_unsent(self, count: int, error: SpanRelayError) -> None:
+        """A batch no child took. The metrics need the endpoint the first child reports:
+        before any child started there is nothing to count on, as the upstream exporter
+        has no metrics before it exists either."""
+        if self._metrics is not None:
+            with self._metrics.export_operation(count) as counted:
+                counted.error = error
 
     def child_pid(self) -> int | None:
         """The running child's pid, for span_relay_process_* on /metrics; None without one."""
@@ -322,25 +335,6 @@ class SpanRelayExporter(SpanExporter):
             self._meter_provider,
             enabled.strip() == "true",
         )
-
-    @contextmanager
-    def _counted(self, count: int) -> Any:
-        """Counts one export in otel_sdk_exporter_span_* the way the upstream exporter does.
-        The metrics need the exporter's endpoint, which the child reports when it starts:
-        the batch that starts the first child is counted once it has started."""
-        from opentelemetry.exporter.otlp.common._exporter_metrics import ExportResult
-
-        pending = ExportResult()
-        if self._metrics is not None:
-            with self._metrics.export_operation(count) as result:
-                yield result
-            return
-        try:
-            yield pending
-        finally:
-            if self._metrics is not None:  # started by this batch
-                with self._metrics.export_operation(count) as result:
-                    result.error, result.error_attrs = pending.error, pending.error_attrs
 
     def shutdown(self) -> None:
         with self._lock:
