@@ -26,7 +26,7 @@ from contract.features import EXAMPLE_FEATURES
 from devtools import procs
 from telemetry import instruments as ins
 from telemetry.exposition import ExemplarPrometheusReader, exposition
-from tests.config.test_collector_names import configured_strategy, exporter_name
+from tests.config.test_collector_names import DIRECT_ONLY, configured_strategy, exporter_name
 from tests.integration.conftest import Spawn, Stack
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
@@ -254,10 +254,8 @@ def test_both_paths_store_the_same_names_in_the_running_system(stack: Stack, job
         names = set(response.json()["data"])
         stored = set()
         for name in names:
-            # the direct path's own: process collectors (the gateway's span relay child's
-            # too), the GC collector, Prometheus's scrape series
-            direct_only = ("process_", "span_relay_process_", "python_", "scrape_")
-            if name.startswith(direct_only) or name in ("up", "target_info"):
+            # the direct path's own (as in the config test), and Prometheus's own series
+            if DIRECT_ONLY.fullmatch(name) or name.startswith("scrape_") or name == "up":
                 continue
             for suffix in ("_bucket", "_sum", "_count"):
                 if name.endswith(suffix) and name.removesuffix(suffix) + "_bucket" in names:
