@@ -9,6 +9,7 @@ test keeps them in sync, so a field's description below is the one users read.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REGISTERED_MODEL_NAME = "lungwatch-risk"
 SERVING_ALIAS = "champion"
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@{SERVING_ALIAS}"
+# The alias a candidate is registered under to run beside the champion (shadow or canary),
+# and the one promote records the replaced champion under, for rollback (model.aliases).
+CHALLENGER_ALIAS = "challenger"
+PREVIOUS_ALIAS = "previous-champion"
+
+# `models:/<name>@<alias>` (followed on every registry check) or `models:/<name>/<version>`
+# (fixed). MLflow's own alias rule: letters, digits, `_` and `-`.
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+def check_model_uri(uri: str, setting: str) -> str:
+    """A clear start-up error for a registry URI that is not one of the two shapes; other
+    URIs (runs:/, a local path) are served as they are and never reloaded."""
+    if uri.startswith("models:/") and not MODEL_URI.match(uri):
+        raise ValueError(
+            f"{setting}: {uri!r} is not models:/<name>@<alias> (letters, digits, _ and -) or "
+            "models:/<name>/<version>"
+        )
+    return uri
 
 
 class GatewaySettings(BaseSettings):
@@ -92,6 +112,39 @@ class GatewaySettings(BaseSettings):
             "Encode and send OTLP spans from a child process (the other core) instead of "
             "the gateway's own export thread."
         ),
+    )
+    # Issue 23: a challenger beside the champion.
+    rollout_mode: Literal["off", "shadow", "canary"] = Field(
+        "off",
+        description="`shadow`: a share of requests is also scored by the challenger, after the "
+        "champion answered; `canary`: a share is answered by the challenger; `off`: neither.",
+    )
+    rollout_percent: float = Field(
+        10.0,
+        ge=0,
+        le=100,
+        description="Share of prediction requests, in percent, shadowed or sent to the canary.",
+    )
+    canary_sticky_header: str = Field(
+        "x-lungwatch-sticky-key",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,63}$",
+        description="Requests with the same value of this header go to the same version "
+        "(absent: the request's rows decide, so one patient row always gets one version).",
+    )
+    challenger_url: str = Field(
+        "",
+        description="Base URL of the model server asked for the challenger (empty: the "
+        "champion's model server, which serves both).",
+    )
+    shadow_queue_rows: int = Field(
+        2048, ge=1, le=1_000_000,
+        description="Rows waiting for the challenger at most; more are dropped and counted.",
+    )  # fmt: skip
+    shadow_max_rows: int = Field(
+        64, ge=1, le=1024, description="Rows in one shadow call to the challenger."
+    )
+    shadow_max_wait_ms: float = Field(
+        50.0, ge=0, description="Longest a shadowed row waits for others to share its call."
     )
     batch_max_rows: int = Field(
         32, ge=1, le=1024, description="Rows in one model-server call under batching."
@@ -228,7 +281,23 @@ class ModelServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LUNGWATCH_MODEL_SERVER_", protected_namespaces=())
 
-    model_uri: str = Field(DEFAULT_MODEL_URI, description="MLflow URI of the model to serve.")
+    model_uri: str = Field(
+        DEFAULT_MODEL_URI,
+        description="MLflow URI of the champion, the model that answers (an alias is "
+        "followed: see RELOAD_INTERVAL_SECONDS).",
+    )
+    challenger_uri: str = Field(
+        "",
+        description="MLflow URI of a challenger served beside the champion, e.g. "
+        "models:/lungwatch-risk@challenger (empty: none).",
+    )
+    reload_interval_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="How often the registry is asked which versions the aliases point at; a "
+        "moved alias is loaded, checked and swapped in (0: only on SIGHUP or POST "
+        "/admin/reload).",
+    )
     runtime: Literal["onnx", "sklearn"] = Field(
         "onnx",
         description="What computes predictions: the compiled ONNX graph or the scikit-learn "
@@ -274,6 +343,18 @@ class ModelServerSettings(BaseSettings):
         description="Secret (16+ characters) every request must bear as `Authorization: "
         "Bearer`, except /ping, /health and /metrics (empty: no check; refused: 401).",
     )
+
+    @model_validator(mode="after")
+    def _model_uris(self) -> ModelServerSettings:
+        check_model_uri(self.model_uri, env_name(ModelServerSettings, "model_uri"))
+        if self.challenger_uri:
+            check_model_uri(self.challenger_uri, env_name(ModelServerSettings, "challenger_uri"))
+            if self.challenger_uri == self.model_uri:
+                raise ValueError(
+                    f"{env_name(ModelServerSettings, 'challenger_uri')}: the champion's URI; "
+                    "a challenger is another alias or version"
+                )
+        return self
 
 
 # The defaults alone, without reading the environment: the one source of a default for the

@@ -12,6 +12,12 @@ from __future__ import annotations
 # Every model-server response names the model version that produced it; the gateway reports
 # it in its answers and in `model_info`, so a retrained model needs no gateway restart.
 MODEL_VERSION_HEADER = "x-model-version"
+# Which of the model server's models scores a lean-path call (request) and which did
+# (response): the champion, or a challenger served beside it. A request for the challenger
+# when none is loaded is answered by the champion, and the response says so.
+MODEL_ROLE_HEADER = "x-lungwatch-model-role"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 ROWS_PATH = "/lungwatch/predict-rows"
 ROWS_KEY = "rows"

@@ -5,8 +5,14 @@
 Adds to MLflow's app (routes /ping, /health, /version, /invocations): OTel server spans that
 join the caller's trace (W3C traceparent), a `model.predict` span and the
 `model_inference_seconds` histogram around the model call, `/metrics`, `/model` (name,
-version, run id), and the served version in an `x-model-version` header on every response.
+version, run id of the champion and the challenger), `/reference`, `POST /admin/reload`, and
+the version that answered in an `x-model-version` header on every response.
 It runs in-process under uvicorn, without the idle `mlflow models serve` parent process.
+
+Two models at once (issue 23): the champion, and optionally a challenger (CHALLENGER_URI),
+which a lean-path call asks for with the `x-lungwatch-model-role` header. Both follow their
+registry alias (model.reload): a moved alias is fetched, gated, loaded and swapped in while
+the old version keeps serving (model.slots).
 
 Hardened against callers other than the gateway: with a shared secret set, every route but
 the probes and `/metrics` wants it (`SharedSecretGuard`); both prediction routes check each
@@ -28,8 +34,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -41,64 +47,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from contract.server import run_uvicorn
 from contract.settings import ModelServerSettings
-from contract.wire import JSON, MODEL_VERSION_HEADER, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
-from model.registry import REFERENCE_ARTIFACT, tracking_uri
+from contract.wire import CHALLENGER, CHAMPION, JSON, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
+from model.candidate import (
+    REFUSED_LOAD,
+    ModelInfo,
+    Refused,
+    ResolvedModel,
+    load_reference,
+    resolve_model_info,
+)
+from model.registry import tracking_uri
+from model.reload import AliasReader, Reloader
+from model.slots import ModelSlots, ServedModel
 from telemetry import Telemetry, build_telemetry
 from telemetry import instruments as ins
 
 log = logging.getLogger("model.serve")
 
 SERVICE_NAME = "lungwatch-model-server"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    run_id: str
-    uri: str
-    runtime: str = "unknown"  # what computes the predictions: onnx or sklearn
-
-
-def resolve_model_info(uri: str) -> ModelInfo:
-    """Name/version/run of a `models:/name@alias` or `models:/name/version` URI."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("models:/"):
-        ref = uri.removeprefix("models:/")
-        client = MlflowClient()
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = ref.split("/", 1)
-            mv = client.get_model_version(name, version)
-        return ModelInfo(name=name, version=str(mv.version), run_id=mv.run_id or "", uri=uri)
-    return ModelInfo(name=uri, version="unregistered", run_id="", uri=uri)
-
-
-def load_reference(info: ModelInfo) -> dict[str, Any] | None:
-    """The drift reference logged by training in the model's run (None for other models)."""
-    if not info.run_id:
-        return None
-    from mlflow.artifacts import load_dict
-
-    try:
-        reference: dict[str, Any] = load_dict(f"runs:/{info.run_id}/{REFERENCE_ARTIFACT}")
-    except Exception:  # an older model without one still serves; drift is just not measured
-        log.warning("model run %s has no drift reference", info.run_id)
-        return None
-    return reference
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """What the registry says about the model to serve, and where its files now are."""
-
-    info: ModelInfo
-    path: str  # a local directory holding the model's MLflow files
-    reference: dict[str, Any] | None  # the drift reference logged with it
-    download_dir: str  # removed once the model is loaded (load_resolved)
 
 
 def load_resolved(resolved: ResolvedModel) -> Any:
@@ -169,39 +135,83 @@ class Inference:
         self._tracer = telemetry.tracer("lungwatch.model_server")
 
     @contextlib.contextmanager
-    def call(self, rows: int) -> Iterator[None]:
+    def call(self, rows: int, model: ServedModel) -> Iterator[None]:
         with self._tracer.start_as_current_span(
-            "model.predict", attributes={"lungwatch.batch.rows": rows}
+            "model.predict",
+            attributes={
+                "lungwatch.batch.rows": rows,
+                "lungwatch.model.version": model.info.version,
+                "lungwatch.model.role": model.role,
+            },
         ):
             start = time.perf_counter()
-            outcome = _ERROR
+            ok = False
             try:
                 yield
-                outcome = _OK
+                ok = True
             finally:
-                self._seconds.record(time.perf_counter() - start, outcome)
-                if outcome is _OK:
-                    self._rows.add(rows)
+                self._seconds.record(time.perf_counter() - start, model.ok if ok else model.error)
+                if ok:
+                    self._rows.add(rows, model.rows)
 
 
-# Attribute sets built once: the SDK would otherwise hash a new dict on every record.
-_OK = {"outcome": "ok"}
-_ERROR = {"outcome": "error"}
-
-
-def instrument_predict(pyfunc_model: Any, inference: Inference) -> None:
+def instrument_predict(model: ServedModel, inference: Inference) -> None:
     """Time and trace MLflow's own model call, apart from its parsing and JSON work, after
     checking the input's ranges (a refused input is not a model call)."""
+    pyfunc_model = model.pyfunc
     original = pyfunc_model.predict
 
     # functools.wraps keeps the signature MLflow inspects for a `params` argument.
     @functools.wraps(original)
     def predict(data: Any, *args: Any, **kwargs: Any) -> Any:
         frame = check_frame(data)
-        with inference.call(len(frame)):
+        with inference.call(len(frame), model):
             return original(frame, *args, **kwargs)
 
     pyfunc_model.predict = predict
+
+
+# Rows every new version must answer before it is swapped in: valid probabilities, one row
+# of three per input row (model.onnx_export.random_valid_rows, a fixed seed).
+SMOKE_ROWS = 64
+
+
+def check_answers(risk_model: Any) -> None:
+    """Refused (refused_load) unless the loaded model answers like a risk model."""
+    from model.onnx_export import random_valid_rows
+
+    rows = random_valid_rows(SMOKE_ROWS, seed=1)
+    try:
+        proba = np.asarray(risk_model.predict_proba(rows), dtype=np.float64)
+    except Exception as exc:
+        raise Refused(
+            REFUSED_LOAD, f"the loaded model cannot score ({type(exc).__name__})"
+        ) from exc
+    valid = (
+        proba.shape == (SMOKE_ROWS, 3)
+        and bool(np.isfinite(proba).all())
+        and bool(((proba >= 0) & (proba <= 1)).all())
+        and bool(np.allclose(proba.sum(axis=1), 1.0, atol=1e-6))
+    )
+    if not valid:
+        raise Refused(REFUSED_LOAD, "the loaded model's answers are not 3 probabilities a row")
+
+
+def build_served(resolved: ResolvedModel, role: str, inference: Inference,
+                 uri: str, pyfunc_model: Any = None) -> ServedModel:  # fmt: skip
+    """Load (unless given), check and instrument one version for one role."""
+    try:
+        pyfunc_model = pyfunc_model or load_resolved(resolved)
+        risk_model = pyfunc_model.unwrap_python_model()
+    except Refused:
+        raise
+    except Exception as exc:  # the files are gone with the download dir: type name only
+        raise Refused(REFUSED_LOAD, f"the version does not load ({type(exc).__name__})") from exc
+    check_answers(risk_model)
+    info = replace(resolved.info, uri=uri, runtime=risk_model.runtime)
+    model = ServedModel(role, info, pyfunc_model, risk_model, resolved.reference)
+    instrument_predict(model, inference)
+    return model
 
 
 class BadRows(ValueError):
@@ -303,18 +313,19 @@ class RowsLane:
     The model call runs on the event loop: with the compiled model it takes microseconds,
     less than a hand-off to a worker thread would cost."""
 
-    def __init__(self, risk_model: Any, inference: Inference) -> None:
-        self.risk_model = risk_model
+    def __init__(self, slots: ModelSlots, inference: Inference) -> None:
+        self.slots = slots
         self.inference = inference
         self.headers = [(b"content-type", JSON.encode())]
 
-    def answer(self, body: bytes) -> tuple[int, bytes]:
+    def answer(self, body: bytes, model: ServedModel) -> tuple[int, bytes]:
+        """`model`: the one the call asked for (ModelSlots.for_headers), read once."""
         try:
             batch = parse_rows(body)
         except BadRows as exc:
             return 400, error_body("invalid_rows", str(exc))
-        with self.inference.call(len(batch)):
-            proba = self.risk_model.predict_proba(batch)
+        with self.inference.call(len(batch), model):
+            proba = model.risk_model.predict_proba(batch)
         return 200, orjson.dumps({PROBABILITIES_KEY: proba}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -336,6 +347,7 @@ class RowsFastLane:
         if scope["type"] != "http" or scope["path"] != ROWS_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        model = self.lane.slots.for_headers(scope["headers"])
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -348,9 +360,13 @@ class RowsFastLane:
                 status, body = 413, error_body("too_large", "body too large")
                 break
             if not message.get("more_body", False):
-                status, body = self.lane.answer(b"".join(chunks))
+                status, body = self.lane.answer(b"".join(chunks), model)
                 break
-        headers = [*self.lane.headers, (b"content-length", str(len(body)).encode())]
+        headers = [
+            *self.lane.headers,
+            *model.headers,
+            (b"content-length", str(len(body)).encode()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -410,7 +426,7 @@ _INVOCATIONS_DEFAULT = (
 )
 
 
-def replace_invocations(app: FastAPI, pyfunc_model: Any) -> None:
+def replace_invocations(app: FastAPI) -> None:
     """MLflow's /invocations, with its scoring logic unchanged, behind a handler of ours that
     answers every refusal with a message naming the problem, never the input."""
     from mlflow.exceptions import MlflowException
@@ -430,8 +446,10 @@ def replace_invocations(app: FastAPI, pyfunc_model: Any) -> None:
             # No schema for the parsing: with one, MLflow casts every column to the
             # signature's int64 before the model call (33.7 -> 33, 1e308 -> -2**63, true -> 1)
             # and check_frame would see only the result. The model call still enforces it.
+            # The champion this request started on (ModelVersionHeader), whatever swaps since.
+            model: ServedModel = request.scope["state"][SERVED_MODEL]
             result = await asyncio.to_thread(
-                scoring_server.invocations, data, content_type, pyfunc_model, None
+                scoring_server.invocations, data, content_type, model.pyfunc, None
             )
         except MlflowException as exc:
             # check_frame's BadRows, raised in the model call, reaches us as the context of
@@ -456,22 +474,29 @@ def _refusal(status: int, error: str, message: str) -> Response:
     return Response(error_body(error, message), status, media_type=JSON)
 
 
+# Where a request's champion, read once when it arrived, waits for the /invocations handler.
+SERVED_MODEL = "lungwatch.served_model"
+
+
 class ModelVersionHeader:
-    """Stamps the served version on every response. Plain ASGI: Starlette's `@middleware`
+    """Reads the champion once per request and stamps its version and role on the response
+    (the lean path stamps its own, RowsFastLane). Plain ASGI: Starlette's `@middleware`
     would add a task and a stream copy to every request."""
 
-    def __init__(self, app: ASGIApp, version: str) -> None:
+    def __init__(self, app: ASGIApp, slots: ModelSlots) -> None:
         self.app = app
-        self.header = (MODEL_VERSION_HEADER.encode(), version.encode())
+        self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        model = self.slots.champion
+        scope.setdefault("state", {})[SERVED_MODEL] = model
 
         async def send_with_version(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
+                message["headers"] = [*message.get("headers", []), *model.headers]
             await send(message)
 
         await self.app(scope, receive, send_with_version)
@@ -483,25 +508,43 @@ def create_model_server_app(
     *,
     pyfunc_model: Any = None,
     shared_secret: str = "",
+    settings: ModelServerSettings | None = None,
 ) -> FastAPI:
+    """The app serving `resolved` as champion. With `settings`, it also follows the aliases
+    (settings.model_uri, settings.challenger_uri) from start-up on (model.reload)."""
     from mlflow.pyfunc import scoring_server
 
-    info = resolved.info
-    if pyfunc_model is None:
-        pyfunc_model = load_resolved(resolved)
-    risk_model = pyfunc_model.unwrap_python_model()
-    info = replace(info, runtime=risk_model.runtime)
     inference = Inference(telemetry)
-    instrument_predict(pyfunc_model, inference)
-    app: FastAPI = scoring_server.init(pyfunc_model)
-    replace_invocations(app, pyfunc_model)
-
-    rows_lane = RowsLane(risk_model, inference)
+    uri = settings.model_uri if settings else resolved.info.uri
+    try:
+        champion = build_served(resolved, CHAMPION, inference, uri, pyfunc_model)
+    except Refused as refused:  # at start-up there is no old version to keep serving
+        raise RuntimeError(f"cannot serve {uri}: {refused}") from refused
+    slots = ModelSlots(champion)
+    app: FastAPI = scoring_server.init(champion.pyfunc)
+    replace_invocations(app)
+    meter = telemetry.meter("lungwatch.model_server")
+    reloads = ins.create(meter, ins.MODEL_RELOADS)
+    targets = {CHAMPION: uri}
+    if settings and settings.challenger_uri:
+        targets[CHALLENGER] = settings.challenger_uri
+    reloader = Reloader(
+        slots,
+        targets,
+        build=lambda found, role: build_served(found, role, inference, targets[role]),
+        count=lambda role, result: reloads.add(1, {"role": role, "result": result}),
+        aliases=AliasReader(tracking_uri()),
+        interval_seconds=settings.reload_interval_seconds if settings else 0.0,
+    )
+    app.state.slots = slots
+    app.state.reloader = reloader
+    rows_lane = RowsLane(slots, inference)
 
     @app.post(ROWS_PATH, include_in_schema=False)
     async def predict_rows(request: Request) -> Response:
         """The lean path's route, for routing and span names; `RowsLane` answers first."""
-        status, body = rows_lane.answer(await request.body())
+        model = slots.for_headers(request.scope["headers"])
+        status, body = rows_lane.answer(await request.body(), model)
         return Response(body, status, media_type=JSON)
 
     @app.get("/metrics")
@@ -509,38 +552,58 @@ def create_model_server_app(
         body, content_type = telemetry.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
-    @app.get("/model")
-    async def model() -> dict[str, str]:
-        return asdict(info)
+    def describe() -> dict[str, Any]:
+        served = slots.current
+        challenger = served.challenger.describe() if served.challenger else None
+        return {**served.champion.describe(), CHALLENGER: challenger}
 
-    reference = resolved.reference
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The champion's name, version, run id, URI and runtime; the challenger's, or null."""
+        return describe()
+
+    @app.post("/admin/reload")
+    async def reload() -> dict[str, Any]:
+        """Ask the registry now (as SIGHUP does), swap what moved, say how each role ended."""
+        results = await reloader.check()
+        return {**describe(), "results": results}
 
     @app.get("/reference")
-    async def drift_reference() -> Response:
-        """The training rows' distribution the gateway measures drift against."""
-        if reference is None:
+    async def drift_reference(version: str | None = None) -> Response:
+        """The training rows' distribution of the champion (or of a served `version`), which
+        the gateway measures drift against."""
+        found = slots.current.by_version(version) if version else slots.champion
+        if found is None or found.reference is None:
             return Response('{"error": "no reference distribution"}', 404)
-        return Response(json.dumps(reference), media_type="application/json")
+        return Response(json.dumps(found.reference), media_type="application/json")
 
-    meter = telemetry.meter("lungwatch.model_server")
-    labels = {
-        "model_name": info.name,
-        "model_version": info.version,
-        "run_id": info.run_id,
-        "runtime": info.runtime,
-    }
-    ins.create(meter, ins.MODEL_INFO, callbacks=[lambda _options: [Observation(1, labels)]])
+    def observe_info(_options: Any) -> Iterable[Observation]:
+        return [Observation(1, m.labels()) for m in slots.current.models()]
+
+    ins.create(meter, ins.MODEL_INFO, callbacks=[observe_info])
+
+    if settings is not None:
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def follow_aliases() -> None:
+            tasks.add(asyncio.create_task(reloader.run()))
+            # SIGHUP: check now, as `kill -HUP` is how an operator asks a server to reload.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.wake)
+
+        app.router.on_startup.append(follow_aliases)
 
     # add_middleware wraps: the last added runs first. The fast lane goes ahead of MLflow's
-    # own middlewares; the version header is stamped outside it, on every response alike.
+    # own middlewares and stamps its own model's version; the version header middleware
+    # stamps the champion's on every other response.
+    app.add_middleware(ModelVersionHeader, slots=slots)
     app.add_middleware(RowsFastLane, lane=rows_lane)
-    app.add_middleware(ModelVersionHeader, version=info.version)
     if shared_secret:
         # Outermost: a refusal carries no model version and costs no other middleware.
         app.add_middleware(SharedSecretGuard, secret=shared_secret)
     telemetry.instrument_fastapi(
         app, excluded_urls="/ping,/health,/metrics,/version,/model,/reference"
     )
+    info = champion.info
     log.info(
         "serving %s version %s (run %s) with %s", info.name, info.version, info.run_id,
         info.runtime,
@@ -562,6 +625,7 @@ def serve_one(settings: ModelServerSettings, resolved: ResolvedModel | None = No
             telemetry,
             pyfunc_model=pyfunc_model,
             shared_secret=settings.shared_secret,
+            settings=settings,
         )
         if worker is not None:
             # A scrape of the shared port reaches a random worker; each worker's own
@@ -611,8 +675,15 @@ def serve_workers(settings: ModelServerSettings) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, frame: Any) -> None:
+        # Each worker follows the aliases itself; SIGHUP to the parent asks all of them.
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     log.info("model server: %d workers on %s:%d", settings.workers, settings.host, settings.port)
     failed = False
     while children:

@@ -1,12 +1,13 @@
 """Trains the risk model, measures it on unseen profiles, gates it, and registers it in MLflow.
 
     python -m model.train [--if-missing] [--classifier forest|logreg] [--seed 42]
-                          [--repeats 10] [--shuffle-labels]
+                          [--repeats 10] [--shuffle-labels] [--alias champion|challenger]
 
 Tracking store: MLFLOW_TRACKING_URI (default: sqlite file `mlruns.db` at the repo root);
 MLflow's sqlite store puts artifacts under `./mlruns` of the working directory.
 A model that passes the gate (GATE below) is registered with the alias the model server loads
-and a JSON line (model_uri, version, run_id, figures) is printed; one that fails is logged as
+(`--alias challenger`: the alias a candidate runs under beside the champion) and a JSON line
+(model_uri, version, run_id, figures) is printed; one that fails is logged as
 a run only, the alias stays where it was, and the exit status is 1.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 from contract.dataset import REPO_ROOT
 from contract.drift import bin_counts
 from contract.features import FEATURE_NAMES, LABELS
-from contract.settings import REGISTERED_MODEL_NAME, SERVING_ALIAS
+from contract.settings import CHALLENGER_ALIAS, REGISTERED_MODEL_NAME, SERVING_ALIAS
 from model.dataset import load_dataset
 from model.evaluate import (
     CARD_PATH,
@@ -268,6 +269,7 @@ def train(
     seed: int = 42,
     repeats: int = REPEATS,
     shuffle_labels: bool = False,
+    alias: str = SERVING_ALIAS,
 ) -> TrainResult:
     """Evaluate, fit on every row, convert and verify ONNX, log; register only past the gate.
     Raises GateRefused (after logging the run) when the model fails it."""
@@ -382,12 +384,12 @@ def train(
                 registered_model_name=REGISTERED_MODEL_NAME,
             )
         version = str(info.registered_model_version)
-        MlflowClient().set_registered_model_alias(REGISTERED_MODEL_NAME, SERVING_ALIAS, version)
+        MlflowClient().set_registered_model_alias(REGISTERED_MODEL_NAME, alias, version)
         metrics["train_seconds"] = time.perf_counter() - started
         mlflow.log_metric("train_seconds", metrics["train_seconds"])
-        log.info("registered %s version %s as @%s", REGISTERED_MODEL_NAME, version, SERVING_ALIAS)
+        log.info("registered %s version %s as @%s", REGISTERED_MODEL_NAME, version, alias)
         return TrainResult(
-            model_uri=f"models:/{REGISTERED_MODEL_NAME}@{SERVING_ALIAS}",
+            model_uri=f"models:/{REGISTERED_MODEL_NAME}@{alias}",
             version=version,
             run_id=run.info.run_id,
             metrics=metrics,
@@ -424,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train on permuted labels: a model that learned nothing, which the gate must refuse",
     )
+    parser.add_argument(
+        "--alias",
+        default=SERVING_ALIAS,
+        choices=(SERVING_ALIAS, CHALLENGER_ALIAS),
+        help="the alias the new version is registered under (challenger: to shadow or canary "
+        "it beside the champion, then python -m model.promote)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -431,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {REGISTERED_MODEL_NAME}@{SERVING_ALIAS} is version {version}; not retraining")
         return 0
     try:
-        result = train(args.classifier, args.seed, args.repeats, args.shuffle_labels)
+        result = train(args.classifier, args.seed, args.repeats, args.shuffle_labels, args.alias)
     except GateRefused as refused:
         print(refused, file=sys.stderr)
         return 1

@@ -89,8 +89,9 @@ REFUSED_REQUESTS = InstrumentSpec(
 )  # fmt: skip
 RESPONSE_LATENCY = InstrumentSpec(
     "api_response_latency_seconds", Kind.HISTOGRAM, "s",
-    "Model-server round trip as seen by the gateway",
-    buckets=LATENCY_BUCKETS_SECONDS, contract=True, attributes=("outcome",),
+    "Model-server round trip as seen by the gateway (callers' calls; shadow calls apart), "
+    "by outcome and the model version that answered (unknown when none did)",
+    buckets=LATENCY_BUCKETS_SECONDS, contract=True, attributes=("outcome", "model_version"),
 )  # fmt: skip
 ENDPOINT_REQUEST_TIME = InstrumentSpec(
     "endpoint_request_time_seconds", Kind.HISTOGRAM, "s",
@@ -140,30 +141,47 @@ BATCH_IN_FLIGHT = InstrumentSpec(
 # --- model monitoring (gateway) ----------------------------------------------------------
 PREDICTIONS_BY_CLASS = InstrumentSpec(
     "model_predictions_total", Kind.COUNTER, "",
-    "Rows predicted, by predicted class (Low, Medium, High): exact shares over any window",
-    attributes=("class",),
+    "Rows predicted for callers, by predicted class (Low, Medium, High) and the model version "
+    "that answered: exact class and traffic shares over any window",
+    attributes=("class", "model_version"),
 )  # fmt: skip
 CONFIDENCE = InstrumentSpec(
     "model_prediction_confidence", Kind.HISTOGRAM, "",
-    "Confidence (highest class probability) of each predicted row, by predicted class",
-    buckets=CONFIDENCE_BUCKETS, attributes=("class",),
+    "Confidence (highest class probability) of each predicted row, by predicted class and "
+    "model version",
+    buckets=CONFIDENCE_BUCKETS, attributes=("class", "model_version"),
 )  # fmt: skip
 FEATURE_DRIFT = InstrumentSpec(
     "model_feature_drift_psi", Kind.OBSERVABLE_GAUGE, "",
-    "Population stability index of each feature: recent inputs vs the training rows",
-    attributes=("feature",),
+    "Population stability index of each feature: recent inputs vs the training rows of each "
+    "served model version",
+    attributes=("feature", "model_version"),
 )  # fmt: skip
 DRIFT_SCORE = InstrumentSpec(
     "model_drift_score", Kind.OBSERVABLE_GAUGE, "",
-    "Overall drift: the largest per-feature PSI (over 0.25 is a significant shift)",
+    "Overall drift: the largest per-feature PSI (over 0.25 is a significant shift), per "
+    "served model version's training reference",
+    attributes=("model_version",),
 )  # fmt: skip
 DRIFTED_FEATURES = InstrumentSpec(
     "model_drifted_features", Kind.OBSERVABLE_GAUGE, "",
-    "Features whose PSI is over the drift threshold",
+    "Features whose PSI is over the drift threshold, per served model version's reference",
+    attributes=("model_version",),
 )  # fmt: skip
 DRIFT_WINDOW = InstrumentSpec(
     "model_drift_window_rows", Kind.OBSERVABLE_GAUGE, "",
     "Recent input rows the drift scores are computed from",
+)  # fmt: skip
+# Counters add up across replicas, so the fleet's accuracy and recall are PromQL over this,
+# not a gauge: sum(increase(model_feedback_outcomes_total{correct="true"}[1h]))
+#   / sum(increase(model_feedback_outcomes_total[1h])), by model_version for one version.
+# `correct` repeats predicted == actual because PromQL cannot compare two labels' values.
+FEEDBACK_OUTCOMES = InstrumentSpec(
+    "model_feedback_outcomes_total", Kind.COUNTER, "",
+    "Accepted feedback by predicted and true class (correct: whether they match) and the "
+    "model version that made the prediction; sums across replicas to the fleet's online "
+    "accuracy and recall",
+    attributes=("predicted", "actual", "correct", "model_version"),
 )  # fmt: skip
 FEEDBACK = InstrumentSpec(
     "model_feedback_total", Kind.COUNTER, "",
@@ -187,12 +205,23 @@ FEEDBACK_WINDOW = InstrumentSpec(
 # --- the model server ------------------------------------------------------------------
 MODEL_INFERENCE = InstrumentSpec(
     "model_inference_seconds", Kind.HISTOGRAM, "s",
-    "Time inside the model's predict call in the model server, per /invocations call",
-    buckets=LATENCY_BUCKETS_SECONDS, attributes=("outcome",),
+    "Time inside the model's predict call in the model server, per call, by outcome, model "
+    "version and role (champion, challenger)",
+    buckets=LATENCY_BUCKETS_SECONDS, attributes=("outcome", "model_version", "role"),
 )  # fmt: skip
 MODEL_ROWS = InstrumentSpec(
-    "model_predicted_rows_total", Kind.COUNTER, "",
-    "Rows scored by the model server",
+    "model_predicted_rows_total",
+    Kind.COUNTER,
+    "",
+    "Rows scored by the model server, by model version and role (champion, challenger)",
+    attributes=("model_version", "role"),
+)
+MODEL_RELOADS = InstrumentSpec(
+    "model_reloads_total", Kind.COUNTER, "",
+    "Registry alias changes the model server acted on, by role and result: swapped, removed "
+    "(alias deleted), refused_load, refused_gate (ONNX disagrees with its pipeline), "
+    "registry_error (the old version kept serving in every case but swapped and removed)",
+    attributes=("role", "result"),
 )  # fmt: skip
 
 GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
@@ -202,8 +231,9 @@ GATEWAY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
 )  # fmt: skip
 MODEL_INFO = InstrumentSpec(
     "model_info", Kind.OBSERVABLE_GAUGE, "",
-    "1 for the model this server serves; its name, version, MLflow run id and runtime as labels",
-    attributes=("model_name", "model_version", "run_id", "runtime"),
+    "1 for each model this server serves; its name, version, MLflow run id, runtime and role "
+    "(champion, challenger) as labels",
+    attributes=("model_name", "model_version", "run_id", "runtime", "role"),
 )  # fmt: skip
 
 BATCHING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
@@ -211,11 +241,53 @@ BATCHING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
 )  # fmt: skip
 MONITORING_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     PREDICTIONS_BY_CLASS, CONFIDENCE, FEATURE_DRIFT, DRIFT_SCORE, DRIFTED_FEATURES,
-    DRIFT_WINDOW, FEEDBACK, ONLINE_ACCURACY, ONLINE_RECALL, FEEDBACK_WINDOW,
+    DRIFT_WINDOW, FEEDBACK, FEEDBACK_OUTCOMES, ONLINE_ACCURACY, ONLINE_RECALL, FEEDBACK_WINDOW,
 )  # fmt: skip
-MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (MODEL_INFERENCE, MODEL_ROWS, MODEL_INFO)
+MODEL_SERVER_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    MODEL_INFERENCE, MODEL_ROWS, MODEL_INFO, MODEL_RELOADS,
+)  # fmt: skip
+
+# --- rollout: the challenger beside the champion (gateway) --------------------------------
+SHADOW_ROWS = InstrumentSpec(
+    "gateway_shadow_rows_total", Kind.COUNTER, "",
+    "Rows picked for shadow scoring by outcome: scored, dropped (queue full), failed "
+    "(challenger call failed), no_challenger (the model server serves none)",
+    attributes=("outcome",),
+)  # fmt: skip
+SHADOW_LATENCY = InstrumentSpec(
+    "gateway_shadow_latency_seconds", Kind.HISTOGRAM, "s",
+    "Round trip of each shadow call to the challenger (up to LUNGWATCH_GATEWAY_SHADOW_MAX_ROWS "
+    "rows), by the version that answered",
+    buckets=LATENCY_BUCKETS_SECONDS, attributes=("model_version",),
+)  # fmt: skip
+SHADOW_QUEUE = InstrumentSpec(
+    "gateway_shadow_queue_rows", Kind.OBSERVABLE_GAUGE, "",
+    "Rows waiting to be scored by the challenger",
+)  # fmt: skip
+SHADOW_COMPARISONS = InstrumentSpec(
+    "model_shadow_comparisons_total", Kind.COUNTER, "",
+    "Shadowed rows by champion and challenger version and class (agree: whether the classes "
+    "match): agreement rate and confusion table of champion x challenger",
+    attributes=(
+        "champion_version", "challenger_version", "champion_class", "challenger_class", "agree",
+    ),
+)  # fmt: skip
+CANARY_FALLBACKS = InstrumentSpec(
+    "gateway_canary_fallbacks_total", Kind.COUNTER, "",
+    "Canary requests the challenger failed, answered by the champion instead, by the "
+    "challenger call's failure reason",
+    attributes=("reason",),
+)  # fmt: skip
+ROLLOUT_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    SHADOW_ROWS, SHADOW_LATENCY, SHADOW_QUEUE, SHADOW_COMPARISONS, CANARY_FALLBACKS,
+)  # fmt: skip
+
 ALL_INSTRUMENTS = (
-    GATEWAY_INSTRUMENTS + BATCHING_INSTRUMENTS + MONITORING_INSTRUMENTS + MODEL_SERVER_INSTRUMENTS
+    GATEWAY_INSTRUMENTS
+    + BATCHING_INSTRUMENTS
+    + MONITORING_INSTRUMENTS
+    + MODEL_SERVER_INSTRUMENTS
+    + ROLLOUT_INSTRUMENTS
 )
 CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.contract)
 
