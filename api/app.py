@@ -28,24 +28,86 @@ from api.observability import (
     ObservabilityMiddleware,
 )
 from api.prediction_ids import PredictionIds
+from api.rollout import CANARY, SHADOW, Rollout, ShadowScorer
 from api.routes import feedback, health, predict
 from api.routes.health import ReadinessCache
 from contract.settings import GatewaySettings
+from contract.wire import CHALLENGER
 from telemetry import Telemetry, build_telemetry
+from telemetry import instruments as ins
 
 SERVICE_NAME = "lungwatch-gateway"
 
 
-def build_model_client(settings: GatewaySettings, telemetry: Telemetry) -> ModelClient:
+def build_model_client(
+    settings: GatewaySettings, telemetry: Telemetry, role: str = "champion", **kwargs: Any
+) -> ModelClient:
+    """The champion's client, or (role challenger) one of the challenger's: its own pool,
+    breaker and deadline, so a failing challenger cannot trip the champion's breaker."""
+    url = settings.challenger_url if role == CHALLENGER and settings.challenger_url else None
     return ModelClient(
-        settings.model_server_url,
+        url or settings.model_server_url,
         telemetry,
         connect_timeout=settings.model_server_connect_timeout_seconds,
         timeout=settings.model_server_timeout_seconds,
         max_connections=settings.model_server_max_connections,
         breaker=CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_reset_seconds),
         secret=settings.model_server_secret,
+        role=role,
+        **kwargs,
     )
+
+
+def build_batcher(
+    settings: GatewaySettings, telemetry: Telemetry, client: ModelClient
+) -> MicroBatcher:
+    return MicroBatcher(
+        client,
+        telemetry,
+        enabled=settings.batching,
+        max_rows=settings.batch_max_rows,
+        max_wait_seconds=settings.batch_max_wait_ms / 1000,
+        max_calls_in_flight=settings.batch_max_calls_in_flight,
+    )
+
+
+def build_rollout(
+    settings: GatewaySettings, telemetry: Telemetry, champion: MicroBatcher
+) -> tuple[Rollout, list[ModelClient]]:
+    """The rollout LUNGWATCH_GATEWAY_ROLLOUT_MODE asks for, and the extra clients it uses."""
+    challenger: MicroBatcher | None = None
+    shadow: ShadowScorer | None = None
+    clients: list[ModelClient] = []
+    if settings.rollout_mode == CANARY:
+        client = build_model_client(settings, telemetry, CHALLENGER)
+        challenger = build_batcher(settings, telemetry, client)
+        clients.append(client)
+    elif settings.rollout_mode == SHADOW:
+        client = build_model_client(
+            settings,
+            telemetry,
+            CHALLENGER,
+            latency=ins.SHADOW_LATENCY,
+            span_name="model_server.shadow_predict",
+        )
+        shadow = ShadowScorer(
+            client,
+            telemetry,
+            queue_rows=settings.shadow_queue_rows,
+            max_rows=settings.shadow_max_rows,
+            max_wait_seconds=settings.shadow_max_wait_ms / 1000,
+        )
+        clients.append(client)
+    rollout = Rollout(
+        champion,
+        telemetry,
+        mode=settings.rollout_mode,
+        percent=settings.rollout_percent,
+        challenger=challenger,
+        shadow=shadow,
+        sticky_header=settings.canary_sticky_header,
+    )
+    return rollout, clients
 
 
 @asynccontextmanager
@@ -62,17 +124,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics_server, _ = start_http_server(
             settings.metrics_port, addr=settings.host, registry=telemetry.registry
         )
-    monitoring = asyncio.create_task(
-        app.state.monitor.run(
-            client.reference, lambda: client.last_model_version, settings.drift_interval_seconds
-        )
-    )
+    challenger_clients: list[ModelClient] = app.state.challenger_clients
+
+    def served_versions() -> list[str]:
+        # The versions answers came from lately: the champion's, and the challenger's.
+        found = [c.last_model_version for c in (client, *challenger_clients)]
+        return list(dict.fromkeys(v for v in found if v is not None))
+
+    tasks = [
+        asyncio.create_task(
+            app.state.monitor.run(
+                client.reference, served_versions, settings.drift_interval_seconds
+            )
+        ),
+        *(asyncio.create_task(run()) for run in app.state.rollout.background()),
+    ]
     yield
-    monitoring.cancel()
+    for task in tasks:
+        task.cancel()
     await app.state.monitor.aclose()  # the shared feedback store's connections
     if metrics_server is not None:
         metrics_server.shutdown()
     await client.aclose()
+    for extra in challenger_clients:
+        await extra.aclose()
     if app.state.owns_telemetry:
         telemetry.shutdown()  # flush spans and metrics still buffered
 
@@ -123,13 +198,9 @@ def create_app(
     app.state.metrics = metrics = GatewayMetrics(telemetry)
     app.state.model_client = client
     app.state.readiness_cache = ReadinessCache()
-    app.state.batcher = MicroBatcher(
-        client,
-        telemetry,
-        enabled=settings.batching,
-        max_rows=settings.batch_max_rows,
-        max_wait_seconds=settings.batch_max_wait_ms / 1000,
-        max_calls_in_flight=settings.batch_max_calls_in_flight,
+    app.state.batcher = build_batcher(settings, telemetry, client)
+    app.state.rollout, app.state.challenger_clients = build_rollout(
+        settings, telemetry, app.state.batcher
     )
     app.state.monitor = ModelMonitor(
         telemetry,

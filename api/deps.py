@@ -16,6 +16,7 @@ from api.guard import API_KEY_ID
 from api.model_client import ModelClient
 from api.monitoring import CALLER, FeedbackPolicy, ModelMonitor
 from api.observability import GatewayMetrics
+from api.rollout import Rollout
 from contract.settings import GatewaySettings
 from telemetry import Telemetry
 
@@ -38,6 +39,11 @@ async def get_model_client(request: Request) -> ModelClient:
 async def get_batcher(request: Request) -> MicroBatcher:
     batcher: MicroBatcher = request.app.state.batcher
     return batcher
+
+
+async def get_rollout(request: Request) -> Rollout:
+    rollout: Rollout = request.app.state.rollout
+    return rollout
 
 
 async def get_caller(request: Request) -> str | None:
@@ -73,6 +79,7 @@ SettingsDep = Annotated[GatewaySettings, Depends(get_settings)]
 TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
 ModelClientDep = Annotated[ModelClient, Depends(get_model_client)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+RolloutDep = Annotated[Rollout, Depends(get_rollout)]
 MonitorDep = Annotated[ModelMonitor, Depends(get_monitor)]
 CallerDep = Annotated[str | None, Depends(get_caller)]
 FeedbackPolicyDep = Annotated[FeedbackPolicy, Depends(get_feedback_policy)]

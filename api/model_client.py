@@ -21,9 +21,19 @@ from opentelemetry import propagate
 from opentelemetry.trace import Span, SpanKind
 
 from api.circuit import CircuitBreaker, CircuitOpenError
+from api.versions import version_label
 from contract.features import LABELS
 from contract.settings import GATEWAY_DEFAULTS
-from contract.wire import JSON, MODEL_VERSION_HEADER, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
+from contract.wire import (
+    CHALLENGER,
+    CHAMPION,
+    JSON,
+    MODEL_ROLE_HEADER,
+    MODEL_VERSION_HEADER,
+    PROBABILITIES_KEY,
+    ROWS_KEY,
+    ROWS_PATH,
+)
 from telemetry import Telemetry
 from telemetry import instruments as ins
 
@@ -72,6 +82,7 @@ class RowPrediction:
 class ModelAnswer:
     rows: list[RowPrediction]
     model_version: str
+    role: str = CHAMPION  # who answered: the champion, or the challenger (x-lungwatch-model-role)
 
 
 class ModelClient:
@@ -85,8 +96,13 @@ class ModelClient:
         max_connections: int = GATEWAY_DEFAULTS.model_server_max_connections,
         breaker: CircuitBreaker | None = None,
         secret: str = "",
+        role: str = CHAMPION,
+        latency: ins.InstrumentSpec = ins.RESPONSE_LATENCY,
+        span_name: str = "model_server.predict",
     ) -> None:
-        """`secret` is the model server's shared secret, sent on every call."""
+        """`secret` is the model server's shared secret, sent on every call. `role`: which of
+        the model server's models this client asks for; `latency` and `span_name` tell a
+        shadow client's calls apart from the callers' (api.rollout)."""
         self.base_url = base_url.rstrip("/")
         url = yarl.URL(self.base_url)
         self.timeout = timeout
@@ -101,6 +117,12 @@ class ModelClient:
         # and create_app runs before uvicorn starts its loop.
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"authorization": f"Bearer {secret}"} if secret else {}
+        if role == CHALLENGER:
+            self._headers[MODEL_ROLE_HEADER] = CHALLENGER
+        self.role = role
+        self._span_name = span_name
+        # (outcome, version) -> the attribute set: built once, not per call.
+        self._latency_attributes: dict[tuple[str, str], dict[str, str]] = {}
         # Attributes of the CLIENT span, fixed per client (HTTP semantic conventions).
         self._span_attributes: dict[str, str | int] = {
             "http.request.method": "POST",
@@ -108,7 +130,8 @@ class ModelClient:
             "server.address": url.host or "",
             "server.port": url.port or 80,
         }
-        self._latency = ins.create(telemetry.meter("lungwatch.gateway"), ins.RESPONSE_LATENCY)
+        self._latency = ins.create(telemetry.meter("lungwatch.gateway"), latency)
+        self._latency_has_outcome = "outcome" in latency.attributes
         self._tracer = telemetry.tracer("lungwatch.gateway")
 
     def _client(self) -> aiohttp.ClientSession:
@@ -147,7 +170,7 @@ class ModelClient:
         # the outcome (a timeout is an error with its reason), the batch's size, and the W3C
         # context the model server's SERVER span joins.
         with self._tracer.start_as_current_span(
-            "model_server.predict",
+            self._span_name,
             kind=SpanKind.CLIENT,
             attributes={**self._span_attributes, "lungwatch.batch.rows": len(rows)},
         ) as span:
@@ -172,6 +195,7 @@ class ModelClient:
         propagate.inject(headers)  # traceparent: the current span, this CLIENT span
         start = time.perf_counter()
         outcome = "error"
+        version: str | None = None
         try:
             # asyncio.timeout makes `timeout` a deadline for the whole exchange, a trickling
             # answer included.
@@ -183,7 +207,8 @@ class ModelClient:
                     span.set_attribute("http.response.status_code", status)
                     body = await response.read()
                     version = response.headers.get(MODEL_VERSION_HEADER, "unknown")
-            answer = self._parse(status, body, version, len(rows))
+                    role = response.headers.get(MODEL_ROLE_HEADER, CHAMPION)
+            answer = self._parse(status, body, version, len(rows), role)
             outcome = "ok"
             return answer
         except TimeoutError as exc:
@@ -194,9 +219,22 @@ class ModelClient:
                 f"model server at {self.base_url} is unreachable ({type(exc).__name__})"
             ) from exc
         finally:
-            self._latency.record(time.perf_counter() - start, {"outcome": outcome})
+            self._latency.record(time.perf_counter() - start, self._attributes(outcome, version))
 
-    def _parse(self, status: int, content: bytes, version: str, n_rows: int) -> ModelAnswer:
+    def _attributes(self, outcome: str, version: str | None) -> dict[str, str]:
+        label = version_label(version if outcome == "ok" else None)
+        key = (outcome, label)
+        attributes = self._latency_attributes.get(key)
+        if attributes is None:
+            attributes = {"model_version": label}
+            if self._latency_has_outcome:
+                attributes["outcome"] = outcome
+            self._latency_attributes[key] = attributes
+        return attributes
+
+    def _parse(
+        self, status: int, content: bytes, version: str, n_rows: int, role: str = CHAMPION
+    ) -> ModelAnswer:
         if status == 503:
             raise ModelUnavailable("model server is not ready (503)")
         if status == 504:
@@ -214,7 +252,7 @@ class ModelClient:
             raise ModelBadResponse(f"model server returned {got} predictions for {n_rows} rows")
         rows = [_parse_row(item, index) for index, item in enumerate(predictions)]
         self.last_model_version = version
-        return ModelAnswer(rows=rows, model_version=version)
+        return ModelAnswer(rows=rows, model_version=version, role=role)
 
     async def _get(self, path: str) -> tuple[int, bytes, str | None]:
         async with asyncio.timeout(self.timeout):
@@ -225,15 +263,18 @@ class ModelClient:
                     response.headers.get(MODEL_VERSION_HEADER),
                 )
 
-    async def reference(self) -> dict[str, Any] | None:
-        """The served model's drift reference (training distribution), None if unavailable."""
+    async def reference(self, version: str | None = None) -> dict[str, Any] | None:
+        """The drift reference (training distribution) of the champion, or of a served
+        `version`; None if unavailable."""
+        path = "/reference" if version is None else f"/reference?version={version}"
         try:
-            status, body, version = await self._get("/reference")
+            status, body, answered = await self._get(path)
         except (TimeoutError, aiohttp.ClientError):
             return None
         if status != 200:
             return None
-        self.last_model_version = version
+        if version is None:
+            self.last_model_version = answered
         reference: dict[str, Any] = orjson.loads(body)
         return reference
 

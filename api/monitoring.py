@@ -19,6 +19,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from api.feedback_store import AnsweredIds, KeyRateLimit
 from api.guard import key_id
 from api.prediction_ids import InvalidPredictionId, PredictionIds
+from api.versions import version_label
 from contract.drift import DRIFT_THRESHOLD, psi_by_feature
 from contract.features import FEATURE_NAMES, LABELS
 from contract.settings import GATEWAY_DEFAULTS, GatewaySettings
@@ -26,19 +27,6 @@ from telemetry import Telemetry
 from telemetry import instruments as ins
 
 log = logging.getLogger("lungwatch.monitoring")
-
-# Declared here until telemetry/instruments.py (owned elsewhere) takes it in. Counters add up
-# across replicas, so the fleet's accuracy and recall are PromQL over this, not a gauge:
-#   sum(increase(model_feedback_outcomes_total{correct="true"}[1h]))
-#     / sum(increase(model_feedback_outcomes_total[1h]))
-# `correct` repeats predicted == actual because PromQL cannot compare two labels' values.
-FEEDBACK_OUTCOMES = ins.InstrumentSpec(
-    "model_feedback_outcomes_total", ins.Kind.COUNTER, "",
-    "Accepted feedback by predicted and true class (correct: whether they match); sums "
-    "across replicas to the fleet's online accuracy and recall",
-    attributes=("predicted", "actual", "correct"),
-)  # fmt: skip
-
 
 # The API key id (api.guard.key_id) of the request being served, or None with keys off. Set
 # by api.deps.get_monitor, so `issue_id` binds each prediction id to the key that asked
@@ -144,28 +132,37 @@ _REFUSALS = {
 
 
 class DriftWindow:
-    """The last `size` input rows and the PSI of each feature against the reference."""
+    """The last `size` input rows and the PSI of each feature against the training reference
+    of each served model version (a champion and a challenger may be trained on other rows;
+    the inputs are the same)."""
 
     def __init__(self, size: int = GATEWAY_DEFAULTS.drift_window_rows) -> None:
         self.rows: deque[tuple[int, ...]] = deque(maxlen=size)
-        self.reference: dict[str, list[int]] | None = None
-        self.reference_version: str | None = None
-        self.scores: dict[str, float] = {}
+        self.references: dict[str, dict[str, list[int]]] = {}  # version -> training counts
+        self.scores: dict[str, dict[str, float]] = {}  # version -> feature -> PSI
 
     def add(self, rows: Iterable[Sequence[int]]) -> None:
         self.rows.extend(tuple(row) for row in rows)
+
+    def keep(self, versions: Iterable[str]) -> None:
+        """Forget the references (and scores) of versions no longer served."""
+        wanted = set(versions)
+        for version in [v for v in self.references if v not in wanted]:
+            del self.references[version]
+            self.scores.pop(version, None)
 
     def compute(self, rows: Sequence[Sequence[int]] | None = None) -> None:
         """Score `rows` (default: the window). Pass a snapshot taken on the event loop when
         computing in another thread, so the ring buffer is never read while it is appended."""
         rows = list(self.rows) if rows is None else rows
-        if self.reference is None or not rows:
+        if not rows:
             return
-        self.scores = psi_by_feature(self.reference, rows)
+        references = dict(self.references)
+        self.scores = {v: psi_by_feature(ref, rows) for v, ref in references.items()}
 
-    @property
-    def score(self) -> float | None:
-        return max(self.scores.values()) if self.scores else None
+    def score(self, version: str) -> float | None:
+        scores = self.scores.get(version)
+        return max(scores.values()) if scores else None
 
 
 class ModelMonitor:
@@ -192,7 +189,9 @@ class ModelMonitor:
             answered = answered or AnsweredIds.from_settings(from_env, telemetry)
         self.ids = ids
         self.answered = answered
-        self._outcomes = ins.create(meter, FEEDBACK_OUTCOMES)
+        self._outcomes = ins.create(meter, ins.FEEDBACK_OUTCOMES)
+        # (class, version label) -> the attribute set: built once, not per row.
+        self._class_attributes: dict[tuple[int, str], dict[str, str]] = {}
         self._by_class = ins.create(meter, ins.PREDICTIONS_BY_CLASS)
         self._confidence = ins.create(meter, ins.CONFIDENCE)
         self._feedback_results = ins.create(meter, ins.FEEDBACK)
@@ -206,12 +205,20 @@ class ModelMonitor:
 
     # --- request path: O(1) per row ---------------------------------------------------
     def observe(
-        self, rows: Sequence[Sequence[int]], predictions: Sequence[tuple[str, int, float]]
+        self,
+        rows: Sequence[Sequence[int]],
+        predictions: Sequence[tuple[str, int, float]],
+        model_version: str | None = None,
     ) -> None:
-        """rows and their (prediction_id, class, confidence), after a successful answer."""
+        """rows and their (prediction_id, class, confidence), after a successful answer by
+        `model_version`."""
         self.drift.add(rows)
+        version = version_label(model_version)
         for _, predicted, confidence in predictions:
-            attributes = {"class": LABELS[predicted]}
+            attributes = self._class_attributes.get((predicted, version))
+            if attributes is None:
+                attributes = {"class": LABELS[predicted], "model_version": version}
+                self._class_attributes[(predicted, version)] = attributes
             self._by_class.add(1, attributes)
             self._confidence.record(confidence, attributes)
 
@@ -272,6 +279,7 @@ class ModelMonitor:
                 "predicted": LABELS[verified.predicted],
                 "actual": LABELS[true_class],
                 "correct": "true" if correct else "false",
+                "model_version": version_label(verified.model_version),
             },
         )
         return FeedbackResult("accepted", correct)
@@ -280,18 +288,22 @@ class ModelMonitor:
         await self.answered.aclose()
 
     # --- off the request path -----------------------------------------------------------
-    async def run(self, fetch_reference: Any, current_version: Callable[[], str | None],
+    async def run(self, fetch_reference: Any, served_versions: Callable[[], list[str]],
                   interval: float) -> None:  # fmt: skip
-        """Every `interval`: (re)load the reference when the served version changes, then
-        recompute drift in a worker thread."""
+        """Every `interval`: load the reference of each version answers came from lately
+        (the champion's and the challenger's), forget the others', then recompute drift in
+        a worker thread."""
         while True:
             try:
-                version = current_version()
-                if self.drift.reference is None or version != self.drift.reference_version:
-                    reference = await fetch_reference()  # None while the server is away
+                # Registry versions only: a version is also a query parameter and a label.
+                versions = [v for v in served_versions() if version_label(v) == v]
+                self.drift.keep(versions)
+                for version in versions:
+                    if version in self.drift.references:
+                        continue
+                    reference = await fetch_reference(version)  # None while it is away
                     if reference is not None:
-                        self.drift.reference = reference["counts"]
-                        self.drift.reference_version = version
+                        self.drift.references[version] = reference["counts"]
                         log.info("drift reference loaded", extra={"model_version": version})
                 await asyncio.to_thread(self.drift.compute, list(self.drift.rows))
             except Exception:  # a bug here must not stop monitoring; the next round retries
@@ -300,19 +312,27 @@ class ModelMonitor:
 
     # --- metric callbacks (collection time) -------------------------------------------
     def _observe_feature_drift(self, options: CallbackOptions) -> Iterable[Observation]:
-        scores = self.drift.scores
         return [
-            Observation(scores[name], {"feature": name}) for name in FEATURE_NAMES if name in scores
+            Observation(scores[name], {"feature": name, "model_version": version})
+            for version, scores in self.drift.scores.items()
+            for name in FEATURE_NAMES
+            if name in scores
         ]
 
     def _observe_drift_score(self, options: CallbackOptions) -> Iterable[Observation]:
-        score = self.drift.score
-        return [] if score is None else [Observation(score)]
+        return [
+            Observation(max(scores.values()), {"model_version": version})
+            for version, scores in self.drift.scores.items()
+            if scores
+        ]
 
     def _observe_drifted(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.drift.scores:
-            return []
-        return [Observation(sum(s > DRIFT_THRESHOLD for s in self.drift.scores.values()))]
+        return [
+            Observation(
+                sum(s > DRIFT_THRESHOLD for s in scores.values()), {"model_version": version}
+            )
+            for version, scores in self.drift.scores.items()
+        ]
 
     def _observe_window(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(len(self.drift.rows))]

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request, Response
 from opentelemetry import trace
 from pydantic import BaseModel
 
-from api.batching import MicroBatcher
 from api.body import RowLimit, StrictJsonRoute
-from api.deps import BatcherDep, MetricsDep, MonitorDep
+from api.deps import MetricsDep, MonitorDep, RolloutDep
+from api.errors import error_response
 from api.model_client import ModelAnswer
 from api.monitoring import ModelMonitor
 from api.observability import STARTED_AT, GatewayMetrics
+from api.rollout import MAX_STICKY_KEY_BYTES, Rollout
 from api.schemas import (
     BatchRequest,
     BatchResponse,
@@ -30,6 +31,7 @@ router = APIRouter(tags=["predictions"], route_class=StrictJsonRoute)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
+        (400, "The sticky-key header is longer than 256 bytes"),
         (422, "Invalid input: the message names the field or position"),
         (502, "The model server answered with something that is not a valid prediction"),
         (503, "The model server is unreachable or not ready"),
@@ -72,15 +74,38 @@ def _predictions(answer: ModelAnswer, monitor: ModelMonitor) -> list[Prediction]
     ]
 
 
+def _sticky_key(request: Request, rollout: Rollout) -> str | None | Response:
+    """The canary's sticky key (its header), or the 400 that refuses an oversized one."""
+    key = request.headers.get(rollout.sticky_header)
+    if key is not None and len(key.encode()) > MAX_STICKY_KEY_BYTES:
+        return error_response(
+            request.scope,
+            400,
+            "invalid_sticky_key",
+            f"{rollout.sticky_header}: at most {MAX_STICKY_KEY_BYTES} bytes, got "
+            f"{len(key.encode())}",
+        )
+    return key
+
+
 async def score(
-    rows: list[list[int]], batcher: MicroBatcher, metrics: GatewayMetrics, monitor: ModelMonitor
+    rows: list[list[int]],
+    rollout: Rollout,
+    metrics: GatewayMetrics,
+    monitor: ModelMonitor,
+    sticky_key: str | None = None,
 ) -> tuple[list[Prediction], str]:
-    """Predict rows through the batcher and record what the model said about them."""
-    answer = await batcher.predict(rows)
+    """Predict rows (champion or, under canary, maybe the challenger) and record what the
+    model said about them."""
+    answer = await rollout.predict(rows, sticky_key)
     predictions = _predictions(answer, monitor)
     last = predictions[-1]
     metrics.record_prediction(last.prediction, last.confidence)
-    monitor.observe(rows, [(p.prediction_id, p.prediction, p.confidence) for p in predictions])
+    monitor.observe(
+        rows,
+        [(p.prediction_id, p.prediction, p.confidence) for p in predictions],
+        answer.model_version,
+    )
     return predictions, answer.model_version
 
 
@@ -93,11 +118,14 @@ async def score(
 async def predict(
     body: PredictRequest,
     request: Request,
-    batcher: BatcherDep,
+    rollout: RolloutDep,
     metrics: MetricsDep,
     monitor: MonitorDep,
 ) -> Response:
-    (prediction,), model_version = await score([body.row()], batcher, metrics, monitor)
+    sticky = _sticky_key(request, rollout)
+    if isinstance(sticky, Response):
+        return sticky
+    (prediction,), model_version = await score([body.row()], rollout, metrics, monitor, sticky)
     return _json(
         PredictResponse.model_construct(
             **prediction.__dict__,
@@ -118,12 +146,15 @@ async def predict_batch(
     _: RowLimit,  # first: the row count is checked before any row is validated
     body: BatchRequest,
     request: Request,
-    batcher: BatcherDep,
+    rollout: RolloutDep,
     metrics: MetricsDep,
     monitor: MonitorDep,
 ) -> Response:
+    sticky = _sticky_key(request, rollout)
+    if isinstance(sticky, Response):
+        return sticky
     rows = [row.row() for row in body.rows]
-    predictions, model_version = await score(rows, batcher, metrics, monitor)
+    predictions, model_version = await score(rows, rollout, metrics, monitor, sticky)
     return _json(
         BatchResponse.model_construct(
             predictions=predictions,

@@ -37,7 +37,7 @@ class ScriptedModelClient:
         label = ("Low", "Medium", "High")[best]
         return ModelAnswer([RowPrediction(best, label, p) for _ in rows], model_version="7")
 
-    async def reference(self) -> dict[str, object]:
+    async def reference(self, version: str | None = None) -> dict[str, object]:
         frame = load_dataset()
         return {"counts": bin_counts(frame[list(FEATURE_NAMES)].to_numpy().tolist())}
 

@@ -40,16 +40,18 @@ def training_reference() -> tuple[dict[str, list[int]], list[list[int]]]:
 def test_drift_is_low_for_training_like_rows_and_high_for_shifted_ones() -> None:
     reference, held_out = training_reference()
     window = DriftWindow(size=300)
-    window.reference = reference
+    window.references["1"] = reference
     window.add(held_out)
     window.compute()
-    assert window.score is not None and window.score < 0.1, window.scores
+    score = window.score("1")
+    assert score is not None and score < 0.1, window.scores
 
     shifted = [[min(r[0] + 25, 120), *r[1:10], 8, 8, *r[12:]] for r in held_out]
     window.add(shifted)  # the window holds only the newest 300 rows
     window.compute()
-    assert window.score is not None and window.score > DRIFT_THRESHOLD
-    drifted = {name for name, score in window.scores.items() if score > DRIFT_THRESHOLD}
+    score = window.score("1")
+    assert score is not None and score > DRIFT_THRESHOLD
+    drifted = {name for name, psi in window.scores["1"].items() if psi > DRIFT_THRESHOLD}
     assert drifted == {"age", "smoking", "passive_smoker"}
     assert len(window.rows) == 300
 
@@ -57,7 +59,9 @@ def test_drift_is_low_for_training_like_rows_and_high_for_shifted_ones() -> None
 def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: App) -> None:
     answers = [gateway.client.post("/predict", json={"features": GOOD}).json() for _ in range(3)]
     batch = gateway.client.post("/predict/batch", json={"rows": [{"features": GOOD}] * 2}).json()
-    assert counter_values(gateway, "model_predictions_total") == {(("class", "Low"),): 5}
+    assert counter_values(gateway, "model_predictions_total") == {
+        (("class", "Low"), ("model_version", "7")): 5
+    }
 
     first = answers[0]["prediction_id"]
     accepted = gateway.client.post("/feedback", json={"prediction_id": first, "level": "Low"})
@@ -86,8 +90,8 @@ def test_class_counter_sums_to_successful_rows_and_feedback_endpoint(gateway: Ap
     monitor = gateway.client.app.state.monitor  # type: ignore[attr-defined]
     assert monitor.feedback.accuracy() == 0.5
     assert counter_values(gateway, "model_feedback_outcomes_total") == {
-        (("actual", "Low"), ("correct", "true"), ("predicted", "Low")): 1,
-        (("actual", "High"), ("correct", "false"), ("predicted", "Low")): 1,
+        (("actual", "Low"), ("correct", "true"), ("model_version", "7"), ("predicted", "Low")): 1,
+        (("actual", "High"), ("correct", "false"), ("model_version", "7"), ("predicted", "Low")): 1,
     }
     assert counter_values(gateway, "model_feedback_total") == {
         (("result", "accepted"),): 2,
@@ -106,7 +110,8 @@ def test_drift_gauges_appear_off_the_request_path(gateway: App) -> None:
     while not monitor.drift.scores and time.monotonic() < deadline:
         time.sleep(0.05)
     # 20 copies of one row against the whole dataset: a strong shift on every feature.
-    assert monitor.drift.score > DRIFT_THRESHOLD
+    (version,) = monitor.drift.scores
+    assert monitor.drift.score(version) > DRIFT_THRESHOLD
     text = gateway.telemetry.prometheus_text().decode()
     assert 'model_feature_drift_psi{feature="age"' in text
     assert "model_drift_window_rows" in text
