@@ -20,9 +20,18 @@ from typing import Any
 from loadgen import profiles
 from loadgen.drift import DEFAULT_PROFILE, PROFILES, DriftingRowSource
 from loadgen.feedback import FeedbackHook
-from loadgen.payloads import INVALID_KINDS, Mix, PayloadFactory, RowSource, load_rows
+from loadgen.payloads import (
+    INVALID_KINDS,
+    STICKY_HEADER,
+    Mix,
+    PayloadFactory,
+    RowSource,
+    StickyKeys,
+    load_rows,
+)
 from loadgen.prometheus import PrometheusError, PrometheusProbe, reconcile
-from loadgen.report import build_report, render
+from loadgen.record import RequestLog
+from loadgen.report import build_report, render, sticky_summary
 from loadgen.runner import RunPlan, run
 from loadgen.stats import Recorder
 
@@ -33,6 +42,9 @@ EXIT_USAGE = 2  # argparse's own code for bad options
 EXIT_UNREACHABLE = 3  # no request got an HTTP answer, or Prometheus could not be read
 EXIT_INTERRUPTED = 130  # Ctrl-C: the report covers what was done, no check is trusted
 
+# RFC 9110 token: what an HTTP header name may be made of.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+MAX_STICKY_KEYS = 1_000_000
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -69,6 +81,22 @@ def _share(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"a share is between 0 and 1: {text!r}")
     return value
+
+
+def _sticky_keys(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number of keys: {text!r}") from exc
+    if not 0 <= value <= MAX_STICKY_KEYS:
+        raise argparse.ArgumentTypeError(f"between 0 and {MAX_STICKY_KEYS}: {text!r}")
+    return value
+
+
+def _header_name(text: str) -> str:
+    if not _HEADER_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"not an HTTP header name: {text!r}")
+    return text.lower()
 
 
 def parse_ramp(text: str) -> tuple[float, float]:
@@ -215,12 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="after each prediction of a dataset row, POST its true level to /feedback "
         "(not a prediction request: reported apart, left out of latency and reconciliation)",
     )
+    mix.add_argument(
+        "--sticky-keys",
+        type=_sticky_keys,
+        default=0,
+        metavar="N",
+        help="send each prediction request one of N fixed keys (drawn uniformly, the same with "
+        "the same --seed) in the canary stickiness header (default 0: no header)",
+    )
+    mix.add_argument(
+        "--sticky-header",
+        type=_header_name,
+        metavar="NAME",
+        help=f"the header --sticky-keys uses (default {STICKY_HEADER}, the gateway's default)",
+    )
     mix.add_argument("--dataset", type=Path, metavar="CSV", help="rows to send (the repo's)")
     mix.add_argument("--seed", type=int, metavar="N", help="for a reproducible request sequence")
 
     out = p.add_argument_group("report and checks")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="write a latency plot")
+    out.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help='write one JSON line per prediction request: {"sent", "done" (epoch seconds), '
+        '"status" (null: no answer), "model_version", "sticky_key"}',
+    )
     out.add_argument("--quiet", action="store_true", help="no live progress line")
     out.add_argument(
         "--check-prometheus",
@@ -312,9 +361,14 @@ def resolve(argv: Sequence[str] | None = None) -> Options:
     if args.drift is not None:
         share = 1.0 if args.drift_share is None else args.drift_share
         profile += f", drift {args.drift} on {share:.0%} of rows"
+    if args.sticky_header is not None and not args.sticky_keys:
+        parser.error("--sticky-header needs --sticky-keys")
+    if args.sticky_keys:
+        plan.sticky_header = args.sticky_header or STICKY_HEADER
+        profile += f", {args.sticky_keys} sticky keys"
     if args.feedback:
         profile += ", feedback"
-        plan.hooks = (FeedbackHook(),)
+        plan.hooks = (*plan.hooks, FeedbackHook())
     return Options(args, plan, mix, mode, profile)
 
 
@@ -324,6 +378,10 @@ def row_source(args: argparse.Namespace) -> RowSource:
         return RowSource(rows)
     share = 1.0 if args.drift_share is None else args.drift_share
     return DriftingRowSource(rows, PROFILES[args.drift], share)
+
+
+def sticky_keys(args: argparse.Namespace) -> StickyKeys | None:
+    return StickyKeys(args.sticky_keys, args.seed) if args.sticky_keys else None
 
 
 def feedback_hook(plan: RunPlan) -> FeedbackHook | None:
@@ -369,7 +427,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         print(f"loadgen: cannot read the dataset: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    factory = PayloadFactory(rows, options.mix, random.Random(args.seed))
+    factory = PayloadFactory(rows, options.mix, random.Random(args.seed), sticky_keys(args))
+    log = None
+    if args.record is not None:
+        try:
+            log = RequestLog(args.record)
+        except OSError as exc:
+            print(f"loadgen: cannot write the record file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        # First: the line is written before any other hook awaits the network.
+        options.plan.hooks = (log, *options.plan.hooks)
 
     probe = baseline = None
     if args.check_prometheus:
@@ -400,6 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\nloadgen: interrupted; reporting what was done", file=sys.stderr)
+    finally:
+        if log is not None:
+            log.close()
     finished = time.time()
     elapsed = time.monotonic() - started
     if not holder:  # interrupted before the first send
@@ -425,6 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "shifted_rows_sent": recorder.shifted_sent,
             "shifted_rows_answered": recorder.shifted_answered,
         }
+    if factory.sticky is not None:
+        report["sticky"] = sticky_summary(
+            recorder, options.plan.sticky_header, len(factory.sticky.keys)
+        )
+    if log is not None:
+        report["record"] = {"path": str(log.path), "lines": log.lines}
     hook = feedback_hook(options.plan)
     if hook is not None:
         report["feedback"] = hook.summary()

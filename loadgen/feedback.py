@@ -5,7 +5,9 @@ A `ResponseHook`: after each 200 from `/predict` or `/predict/batch`, every labe
 (`--drift`) have no label and get none. Feedback calls are not prediction requests: the
 recorder (and so the report's latency, error rate and the Prometheus reconciliation) never
 sees them; they are tallied here. The accuracy over the rows whose feedback the gateway
-accepted is what its online-accuracy gauge must show for the same rows.
+accepted is what its online-accuracy gauge must show for the same rows, and the tally per
+model version (the version that answered the prediction) is what its
+`model_feedback_outcomes_total{model_version}` must have counted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import httpx
 
 from contract.features import LABELS
-from loadgen.stats import CONNECTION, OTHER, TIMEOUT, Outcome
+from loadgen.stats import CONNECTION, NO_VERSION, OTHER, TIMEOUT, Outcome, version_order
 
 FEEDBACK = "/feedback"
 _HEADERS = {"content-type": "application/json"}
@@ -54,6 +56,11 @@ class FeedbackHook:
     skipped_no_id: int = 0  # an answer row without a prediction_id (should not happen)
     # Over the accepted rows: (true class, predicted class) pairs, for accuracy and recall.
     confusion: Counter[tuple[int, int]] = field(default_factory=Counter)
+    # By the model_version of the answer that carried the prediction (NO_VERSION if none):
+    # feedback posted, accepted, and right among the accepted.
+    sent_by_version: Counter[str] = field(default_factory=Counter)
+    accepted_by_version: Counter[str] = field(default_factory=Counter)
+    correct_by_version: Counter[str] = field(default_factory=Counter)
 
     async def __call__(self, client: httpx.AsyncClient, outcome: Outcome) -> None:
         if outcome.status != 200:
@@ -65,18 +72,25 @@ class FeedbackHook:
             return
         # One call at a time per answer: a request's slot never holds more than one connection,
         # so feedback cannot starve the predictions of pooled connections.
+        version = outcome.model_version or NO_VERSION
         for pid, label, predicted in zip(ids, labels, outcome.predictions, strict=True):
             if label is None:
                 self.skipped_unlabelled += 1
             elif pid is None:
                 self.skipped_no_id += 1
             else:
-                await self.send(client, pid, label, predicted)
+                await self.send(client, pid, label, predicted, version)
 
     async def send(
-        self, client: httpx.AsyncClient, prediction_id: str, label: int, predicted: int
+        self,
+        client: httpx.AsyncClient,
+        prediction_id: str,
+        label: int,
+        predicted: int,
+        model_version: str = NO_VERSION,
     ) -> None:
         self.sent += 1
+        self.sent_by_version[model_version] += 1
         body = json.dumps({"prediction_id": prediction_id, "level": LABELS[label]}).encode()
         try:
             response = await client.post(FEEDBACK, content=body, headers=_HEADERS)
@@ -94,6 +108,8 @@ class FeedbackHook:
         if response.status_code == 200 and answer.get("status") == "recorded":
             self.accepted += 1
             self.confusion[(label, predicted)] += 1
+            self.accepted_by_version[model_version] += 1
+            self.correct_by_version[model_version] += label == predicted
         else:
             code = answer.get("error") or answer.get("status") or f"http_{response.status_code}"
             self.rejected[str(code)] += 1
@@ -112,6 +128,18 @@ class FeedbackHook:
             out[name] = right / total if total else None
         return out
 
+    def by_model_version(self) -> dict[str, dict[str, int]]:
+        """Per version: feedback `sent`, `accepted` (what the gateway counted) and `correct`
+        (accepted with the predicted level right)."""
+        return {
+            version: {
+                "sent": self.sent_by_version[version],
+                "accepted": self.accepted_by_version[version],
+                "correct": self.correct_by_version[version],
+            }
+            for version in version_order(self.sent_by_version)
+        }
+
     def summary(self) -> dict[str, Any]:
         return {
             "sent": self.sent,
@@ -124,6 +152,7 @@ class FeedbackHook:
             "skipped_no_id": self.skipped_no_id,
             "accuracy_of_accepted": self.accuracy(),
             "recall_of_accepted": self.recall(),
+            "by_model_version": self.by_model_version(),
         }
 
 

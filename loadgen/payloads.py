@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contract.dataset import DATASET_PATH, read_rows
@@ -13,6 +13,8 @@ from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict/batch"
+# The gateway's default canary stickiness header (LUNGWATCH_GATEWAY_CANARY_STICKY_HEADER).
+STICKY_HEADER = "x-lungwatch-sticky-key"
 
 VALID_KINDS: tuple[str, ...] = ("features", "patient", "batch")
 # The seed's two broken shapes (wrong count, non-numeric) and three more the gateway refuses.
@@ -41,6 +43,7 @@ class RequestSpec:
     body: bytes
     labels: tuple[int | None, ...] = ()
     shifted: int = 0  # how many of its rows a drift profile shifted
+    sticky_key: str | None = None  # sent in the sticky header (`--sticky-keys`)
 
     @property
     def valid(self) -> bool:
@@ -153,15 +156,42 @@ INVALID_BUILDERS: dict[str, Callable[[LabelledRow, random.Random], bytes]] = {
 }
 
 
+class StickyKeys:
+    """A fixed set of `n` canary stickiness keys, and the draw of one per request.
+
+    Keys and draws come from their own generator, seeded from `--seed`: the same seed gives
+    the same keys in the same order, and turning keys on leaves the request sequence as it was.
+    """
+
+    def __init__(self, n: int, seed: int | None) -> None:
+        if n < 1:
+            raise ValueError("at least one sticky key")
+        # A str seed is hashed with SHA-512 by random.seed: stable across runs and processes.
+        self.rng = random.Random(None if seed is None else f"sticky-keys:{seed}")
+        self.keys: tuple[str, ...] = tuple(f"k{v:012x}" for v in self.rng.sample(range(1 << 48), n))
+
+    def draw(self) -> str:
+        return self.rng.choice(self.keys)
+
+
 class PayloadFactory:
     """Builds the next request according to a mix, from rows drawn out of a RowSource."""
 
-    def __init__(self, rows: RowSource, mix: Mix, rng: random.Random) -> None:
+    def __init__(
+        self, rows: RowSource, mix: Mix, rng: random.Random, sticky: StickyKeys | None = None
+    ) -> None:
         self.rows = rows
         self.mix = mix
         self.rng = rng
+        self.sticky = sticky
 
     def next(self) -> RequestSpec:
+        spec = self._next()
+        if self.sticky is not None:
+            return replace(spec, sticky_key=self.sticky.draw())
+        return spec
+
+    def _next(self) -> RequestSpec:
         pick = self.rng.random()
         for kind, share in self.mix.invalid.items():
             if pick < share:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from loadgen.stats import CONNECTION, OTHER, TIMEOUT, Recorder, summarize_histogram
+from loadgen.stats import (
+    CONNECTION,
+    OTHER,
+    TIMEOUT,
+    Recorder,
+    summarize_histogram,
+    version_order,
+)
 
 
 def build_report(
@@ -44,6 +52,27 @@ def build_report(
             "accuracy": accuracy,
         },
         "kinds": {kind: dict(sorted(c.items())) for kind, c in sorted(recorder.kinds.items())},
+        # 200 answers (requests; a batch is one) and the rows they carried, by model_version
+        "by_model_version": _by_version(recorder.by_model_version),
+        "rows_by_model_version": _by_version(recorder.rows_by_model_version),
+    }
+
+
+def _by_version(counts: dict[str, int]) -> dict[str, int]:
+    return {version: counts[version] for version in version_order(counts)}
+
+
+def sticky_summary(recorder: Recorder, header: str, keys: int) -> dict[str, Any]:
+    """How the `--sticky-keys` keys were answered: a key answered by two versions is `split`
+    (expected only when a version changed during the run)."""
+    versions = recorder.versions_by_sticky_key
+    keys_by_version = Counter(v for seen in versions.values() for v in seen)
+    return {
+        "header": header,
+        "keys": keys,
+        "keys_answered": len(versions),
+        "keys_split": sum(len(v) > 1 for v in versions.values()),
+        "keys_by_model_version": _by_version(keys_by_version),
     }
 
 
@@ -93,6 +122,23 @@ def render(report: dict[str, Any]) -> str:
             f"  accuracy    {acc['accuracy']:.2%} ({acc['correct']}/{acc['labelled_rows']}"
             " labelled rows answered)"
         )
+    answers = report["by_model_version"]
+    rows = report["rows_by_model_version"]
+    if answers:
+        lines.append(
+            "  by version  "
+            + "  ".join(f"{v}: {n} answers, {rows.get(v, 0)} rows" for v, n in answers.items())
+            + "  (answered 200, by the answer's model_version)"
+        )
+    else:
+        lines.append("  by version  n/a (no answer 200)")
+    sticky = report.get("sticky")
+    if sticky is not None:
+        lines.append(
+            f"  sticky      {sticky['keys']} keys in {sticky['header']}:"
+            f" {sticky['keys_answered']} answered, {sticky['keys_split']} by more than one"
+            f" version; keys per version {sticky['keys_by_model_version']}"
+        )
     drift = report.get("drift")
     if drift is not None:
         lines.append(
@@ -111,6 +157,12 @@ def render(report: dict[str, Any]) -> str:
             + ("n/a" if accuracy is None else f"{accuracy:.2%}")
             + " (not prediction requests: not in the figures above)"
         )
+        for i, (version, tally) in enumerate(feedback["by_model_version"].items()):
+            heading = "    by version " if i == 0 else " " * 15
+            lines.append(
+                f"{heading}{version}: {tally['correct']}/{tally['accepted']} accepted correct"
+                f" ({tally['sent']} sent)"
+            )
     for i, (kind, counts) in enumerate(report["kinds"].items()):
         outcomes = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "sent")
         heading = "  by kind     " if i == 0 else " " * 14

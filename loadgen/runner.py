@@ -16,7 +16,7 @@ from typing import Literal, TextIO
 import anyio.to_thread
 import httpx
 
-from loadgen.payloads import PayloadFactory, RequestSpec
+from loadgen.payloads import STICKY_HEADER, PayloadFactory, RequestSpec
 from loadgen.stats import CONNECTION, OTHER, TIMEOUT, Outcome, Recorder
 
 JSON_HEADERS = {"content-type": "application/json"}
@@ -38,6 +38,7 @@ class RunPlan:
     on_full: Literal["wait", "drop"] = "wait"
     timeout: float = 10.0
     hooks: Sequence[ResponseHook] = field(default_factory=tuple)
+    sticky_header: str = STICKY_HEADER  # carries each request's `sticky_key`, when it has one
 
 
 def decode_predictions(body: object) -> tuple[int, ...]:
@@ -52,6 +53,12 @@ def decode_predictions(body: object) -> tuple[int, ...]:
         return ()
 
 
+def decode_model_version(body: object) -> str | None:
+    """The version that scored a /predict or /predict/batch answer (top level in both)."""
+    version = body.get("model_version") if isinstance(body, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
 class Runner:
     def __init__(
         self,
@@ -59,11 +66,13 @@ class Runner:
         factory: PayloadFactory,
         recorder: Recorder,
         hooks: Sequence[ResponseHook] = (),
+        sticky_header: str = STICKY_HEADER,
     ) -> None:
         self.client = client
         self.factory = factory
         self.recorder = recorder
         self.hooks = hooks
+        self.sticky_header = sticky_header
 
     async def send(self, spec: RequestSpec, scheduled: float) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -72,8 +81,11 @@ class Runner:
         status: int | None = None
         error: str | None = None
         body: object = None
+        headers = JSON_HEADERS
+        if spec.sticky_key is not None:
+            headers = {**JSON_HEADERS, self.sticky_header: spec.sticky_key}
         try:
-            response = await self.client.post(spec.path, content=spec.body, headers=JSON_HEADERS)
+            response = await self.client.post(spec.path, content=spec.body, headers=headers)
             status = response.status_code
             if status == 200:
                 try:
@@ -87,7 +99,15 @@ class Runner:
         except httpx.HTTPError:
             error = OTHER
         outcome = Outcome(
-            spec, scheduled, sent, loop.time(), status, error, decode_predictions(body), body
+            spec,
+            scheduled,
+            sent,
+            loop.time(),
+            status,
+            error,
+            decode_predictions(body),
+            body,
+            decode_model_version(body),
         )
         self.recorder.on_done(outcome)
         for hook in self.hooks:
@@ -224,7 +244,7 @@ async def run(
         recorder = Recorder(start=loop.time())
         if recorder_ready is not None:
             recorder_ready(recorder)
-        runner = Runner(client, factory, recorder, plan.hooks)
+        runner = Runner(client, factory, recorder, plan.hooks, plan.sticky_header)
         ticker = asyncio.create_task(report_progress(recorder, progress)) if progress else None
         try:
             if plan.concurrency is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,18 @@ TIMEOUT = "timeout"
 CONNECTION = "connection"
 OTHER = "other"
 
+# Key of answers (and feedback) whose body named no model version: the gateway's own label value
+# for a version it cannot name, so the two tallies compare key by key.
+NO_VERSION = "unknown"
+
 PERCENTILES: tuple[float, ...] = (50, 90, 95, 99, 99.9)
 _US = 1_000_000
 _MAX_US = 3600 * _US  # an hour; anything longer is clamped
+
+
+def version_order(versions: Iterable[str]) -> list[str]:
+    """Registry versions in numeric order ("9" before "10"), then any other names."""
+    return sorted(versions, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
 
 
 def new_histogram() -> HdrHistogram:
@@ -53,6 +63,7 @@ class Outcome:
     error: str | None = None
     predictions: tuple[int, ...] = ()
     body: Any = None  # the decoded JSON answer, for hooks (e.g. feedback on prediction_id)
+    model_version: str | None = None  # the answer's top-level `model_version` (200s only)
 
     @property
     def latency(self) -> float:
@@ -83,6 +94,13 @@ class Recorder:
     correct: int = 0
     shifted_sent: int = 0  # rows moved by a drift profile, in requests sent
     shifted_answered: int = 0  # ... in requests answered with predictions (200)
+    # 200 answers and the rows they carried, by the answer's model_version (NO_VERSION if none)
+    by_model_version: Counter[str] = field(default_factory=Counter)
+    rows_by_model_version: Counter[str] = field(default_factory=Counter)
+    # --sticky-keys: every version that answered each key (a key sent to two versions is split)
+    versions_by_sticky_key: defaultdict[str, set[str]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
     latency: HdrHistogram = field(default_factory=new_histogram)
     valid_latency: HdrHistogram = field(default_factory=new_histogram)
     send_lag: HdrHistogram = field(default_factory=new_histogram)
@@ -146,6 +164,11 @@ class Recorder:
             )
         if outcome.status == 200:
             self.shifted_answered += outcome.spec.shifted
+            version = outcome.model_version or NO_VERSION
+            self.by_model_version[version] += 1
+            self.rows_by_model_version[version] += len(outcome.predictions)
+            if outcome.spec.sticky_key is not None:
+                self.versions_by_sticky_key[outcome.spec.sticky_key].add(version)
         if outcome.status == 200 and len(outcome.predictions) == len(outcome.spec.labels):
             for predicted, label in zip(outcome.predictions, outcome.spec.labels, strict=True):
                 if label is not None:

@@ -33,17 +33,21 @@ class FakeGateway:
     predict: dict[int, int] = field(default_factory=lambda: {30: 0, 31: 1, 32: 2})
     fail_every: int = 0  # answer every n-th prediction call with a 503
     forget_every: int = 0  # treat every n-th issued id as expired
+    versions: tuple[str, ...] = ()  # answer call n with model_version versions[n % len]
+    version_of: dict[str, str] = field(default_factory=dict)  # every id issued -> its version
     issued: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (age, predicted)
     ages: dict[str, int] = field(default_factory=dict)  # every id issued -> the row's age
     feedback: list[tuple[str, str]] = field(default_factory=list)
     calls: int = 0
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
-    def _row(self, obj: dict) -> dict:
+    def _row(self, obj: dict, version: str | None) -> dict:
         age = obj["features"][0] if "features" in obj else obj["patient"]["age"]
         predicted = self.predict.get(age, 0)
         pid = f"p{next(self.ids)}"
         self.ages[pid] = age
+        if version is not None:
+            self.version_of[pid] = version
         if not (self.forget_every and int(pid[1:]) % self.forget_every == 0):
             self.issued[pid] = (age, predicted)
         return {"prediction": predicted, "label": LABELS[predicted], "prediction_id": pid}
@@ -61,9 +65,12 @@ class FakeGateway:
         self.calls += 1
         if self.fail_every and self.calls % self.fail_every == 0:
             return httpx.Response(503, json={"error": "model_unavailable"})
+        version = self.versions[self.calls % len(self.versions)] if self.versions else None
+        tag = {} if version is None else {"model_version": version}
         if request.url.path == "/predict/batch":
-            return httpx.Response(200, json={"predictions": [self._row(r) for r in body["rows"]]})
-        return httpx.Response(200, json=self._row(body))
+            rows = [self._row(r, version) for r in body["rows"]]
+            return httpx.Response(200, json={"predictions": rows, **tag})
+        return httpx.Response(200, json={**self._row(body, version), **tag})
 
 
 def _run(
@@ -139,6 +146,35 @@ def test_unknown_ids_are_rejected_and_tallied_by_reason() -> None:
     assert summary["accepted"] == 40 == sum(hook.confusion.values())
 
 
+def test_feedback_is_tallied_by_the_version_that_answered_the_prediction() -> None:
+    # Medium rows are predicted High: wrong. Every fourth id expired: rejected, not counted.
+    fake = FakeGateway(predict={30: 0, 31: 2, 32: 2}, forget_every=4, versions=("3", "4", "12"))
+    hook = FeedbackHook()
+    _run(fake, RowSource(ROWS), 120, hook)
+    expected: dict[str, dict[str, int]] = {}
+    for pid in fake.ages:  # every id issued got its feedback posted: no shifted rows, no 503
+        zero = {"sent": 0, "accepted": 0, "correct": 0}
+        expected.setdefault(fake.version_of[pid], zero)["sent"] += 1
+    for pid, level in fake.feedback:
+        tally = expected[fake.version_of[pid]]
+        tally["accepted"] += 1
+        tally["correct"] += fake.predict[fake.ages[pid]] == LABELS.index(level)
+    summary = hook.summary()
+    assert summary["by_model_version"] == expected
+    assert list(summary["by_model_version"]) == ["3", "4", "12"]
+    by_version = summary["by_model_version"].values()
+    assert sum(t["accepted"] for t in by_version) == hook.accepted < hook.sent
+    assert 0 < sum(t["correct"] for t in by_version) < hook.accepted
+    assert sum(t["sent"] for t in by_version) == hook.sent
+
+
+def test_feedback_without_a_version_is_tallied_as_unknown() -> None:
+    fake, hook = FakeGateway(), FeedbackHook()  # an older gateway: no model_version
+    _run(fake, RowSource(ROWS), 20, hook)
+    assert list(hook.by_model_version()) == ["unknown"]
+    assert hook.by_model_version()["unknown"]["accepted"] == hook.accepted > 0
+
+
 def test_feedback_is_not_a_prediction_request() -> None:
     """The recorder, and so the reconciliation, sees the prediction calls only."""
     fake, hook = FakeGateway(fail_every=4), FeedbackHook()
@@ -201,7 +237,10 @@ def test_main_with_feedback_reports_it_apart(
     assert feedback["accepted"] == feedback["sent"] == report["accuracy"]["labelled_rows"]
     assert feedback["skipped_unlabelled"] == report["drift"]["shifted_rows_answered"] > 0
     assert feedback["accuracy_of_accepted"] == pytest.approx(report["accuracy"]["accuracy"])
-    assert "feedback    sent" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "feedback    sent" in text
+    accepted, correct = feedback["accepted"], feedback["by_model_version"]["unknown"]["correct"]
+    assert f"    by version unknown: {correct}/{accepted} accepted correct" in text
     assert "feedback" not in report["kinds"]
 
 
