@@ -1,7 +1,10 @@
 # Lungwatch model server image (instrumented MLflow scoring app, `python -m model.serve`, :8080).
 # The model is trained while the image is built, from the dataset in the repository, so the
 # image carries its own registry (sqlite + artifacts under /app/mlruns) and never depends on
-# a model registry that may not exist where it runs. Build context: the repository root.
+# a model registry that may not exist where it runs. The server follows the aliases of that
+# store (hot reload); an MLFLOW_TRACKING_URI set at run time to a shared tracking server
+# (deploy/components/registry, what a rollout over several replicas needs) replaces it.
+# Build context: the repository root.
 FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

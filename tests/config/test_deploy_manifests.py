@@ -1,14 +1,18 @@
 """deploy/ renders, validates against the Kubernetes schemas, meets the pod policy, agrees with the code.
 
 Only offline kubectl is used (`kubectl kustomize`): with no kubeconfig, a command that
-contacts a server would go to localhost:8080, the model server's port.
+contacts a server would go to localhost:8080, the model server's port. Besides the two
+overlays, the overlays with the optional rollout components on top are rendered the way an
+operator's overlay lists them; and compose.yaml's settings are held to the same checks.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,24 +39,57 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 GATEWAY, MODEL_SERVER = "lungwatch-gateway", "lungwatch-model-server"
 
 
+# Optional components an overlay adds for a rollout (deploy/README.md, "Rolling out a model"):
+# the shared registry every model-server replica reads, then shadow or canary.
+ROLLOUTS = ("shadow", "canary")
+ROLLOUT_VARIANTS = tuple(("prod", ("registry", f"rollout/{mode}")) for mode in ROLLOUTS)
+# Every rendering the tests check: the overlays alone, and prod with each rollout.
+VARIANTS = tuple((overlay, ()) for overlay in OVERLAYS) + ROLLOUT_VARIANTS
+VARIANT_IDS = ["+".join((overlay, *components)) for overlay, components in VARIANTS]
+
+
 # --- rendering (shared with the other deploy tests) -------------------------------------
-@functools.cache
-def _render(overlay: str) -> str:
+def _kustomize(directory: Path) -> str:
     kubectl = procs.require_binary("kubectl")
     done = subprocess.run(
-        [kubectl, "kustomize", str(DEPLOY_DIR / "overlays" / overlay)],
+        [kubectl, "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
         env={"PATH": "/usr/bin:/bin", "KUBECONFIG": "/dev/null"},
     )
-    assert done.returncode == 0, f"kubectl kustomize {overlay} failed:\n{done.stderr}"
+    assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
     return done.stdout
 
 
-def rendered(overlay: str) -> list[dict[str, Any]]:
-    """Every object `kubectl kustomize deploy/overlays/<overlay>` renders (fresh copies)."""
-    return [doc for doc in yaml.safe_load_all(_render(overlay)) if doc]
+@functools.cache
+def _render(overlay: str, components: tuple[str, ...] = (), patches: str = "") -> str:
+    if not components and not patches:
+        return _kustomize(DEPLOY_DIR / "overlays" / overlay)
+    # An operator's overlay: the overlay as a resource, the components on top. kustomize
+    # takes only relative paths, and a component directory outside the root is allowed.
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(DEPLOY_DIR / "overlays" / overlay, root)],
+            "components": [
+                os.path.relpath(DEPLOY_DIR / "components" / c, root) for c in components
+            ],
+            "patches": yaml.safe_load(patches) if patches else [],
+        }
+        (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return _kustomize(root)
+
+
+def rendered(
+    overlay: str, components: tuple[str, ...] = (), patches: str = ""
+) -> list[dict[str, Any]]:
+    """Every object `kubectl kustomize deploy/overlays/<overlay>` renders (fresh copies), with
+    the named deploy/components/ and `patches` (a YAML list) added on top, as an overlay of
+    the operator's would."""
+    return [doc for doc in yaml.safe_load_all(_render(overlay, components, patches)) if doc]
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -76,6 +113,34 @@ def all_containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def config_maps_of(
+    objects: list[dict[str, Any]], container: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The rendered ConfigMaps the container's envFrom names (each must exist)."""
+    refs = [
+        source["configMapRef"]["name"]
+        for source in container.get("envFrom", [])
+        if "configMapRef" in source
+    ]
+    return [find(objects, "ConfigMap", name) for name in refs]
+
+
+def container_env(objects: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """The environment the container starts with, as far as the manifests say: envFrom
+    ConfigMaps first, then `env` (which wins, as in the kubelet), ConfigMap keys resolved;
+    values from Secrets and the downward API are absent."""
+    out: dict[str, str] = {}
+    for config_map in config_maps_of(objects, container):
+        out.update(config_map.get("data", {}))
+    for entry in container.get("env", []):
+        if "value" in entry:
+            out[entry["name"]] = entry["value"]
+        elif "configMapKeyRef" in entry.get("valueFrom", {}):
+            ref = entry["valueFrom"]["configMapKeyRef"]
+            out[entry["name"]] = find(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
+    return out
 
 
 def scaled_object_query(name: str = GATEWAY) -> str:
@@ -113,10 +178,12 @@ def test_prod_images_are_pinned_by_digest() -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_object_validates_strictly(overlay: str, version: str) -> None:
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_every_object_validates_strictly(
+    overlay: str, components: tuple[str, ...], version: str
+) -> None:
     errors, custom = [], 0
-    for obj in rendered(overlay):
+    for obj in rendered(overlay, components):
         if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
             custom += 1
             continue
@@ -199,9 +266,11 @@ def policy_violations(workload: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_pod_meets_the_restricted_standard_with_resources_and_probes(overlay: str) -> None:
-    workloads = [o for o in rendered(overlay) if o["kind"] in WORKLOAD_KINDS]
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_every_pod_meets_the_restricted_standard_with_resources_and_probes(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    workloads = [o for o in rendered(overlay, components) if o["kind"] in WORKLOAD_KINDS]
     assert len(workloads) == 2
     violations = [v for w in workloads for v in policy_violations(w)]
     assert not violations, "\n".join(violations)
@@ -339,28 +408,43 @@ def settings_env_names(cls: type, prefix: str) -> set[str]:
     return {prefix + field.upper() for field in cls.model_fields}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_environment_variables_are_settings_fields_and_parse(overlay: str) -> None:
-    """Every LUNGWATCH_* variable is a field of the process's settings class, and the
-    settings class accepts the values (a typo or a bad value fails here, not in a pod)."""
+def settings_classes() -> dict[str, tuple[Any, str]]:
+    """Deployment (and compose service) name -> (settings class, environment prefix)."""
     from contract.settings import GatewaySettings, ModelServerSettings
 
-    objects = rendered(overlay)
-    for name, cls, prefix in (
-        (GATEWAY, GatewaySettings, "LUNGWATCH_GATEWAY_"),
-        (MODEL_SERVER, ModelServerSettings, "LUNGWATCH_MODEL_SERVER_"),
-    ):
+    return {
+        GATEWAY: (GatewaySettings, "LUNGWATCH_GATEWAY_"),
+        MODEL_SERVER: (ModelServerSettings, "LUNGWATCH_MODEL_SERVER_"),
+    }
+
+
+def assert_settings_fields_that_parse(where: str, env: dict[str, str], name: str) -> Any:
+    """Every LUNGWATCH_* name in `env` is a field of the process's settings class, and the
+    class accepts the values; returns the settings built from them."""
+    cls, prefix = settings_classes()[name]
+    names = {key for key in env if key.startswith("LUNGWATCH_")}
+    assert names, where
+    unknown = names - settings_env_names(cls, prefix)
+    assert not unknown, f"{where}: not settings fields: {sorted(unknown)}"
+    return cls(**{key.removeprefix(prefix).lower(): env[key] for key in names})
+
+
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_environment_variables_are_settings_fields_and_parse(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    """Every LUNGWATCH_* variable, listed under env or in an envFrom ConfigMap, is a field of
+    the process's settings class, and the class accepts the values (a typo or a bad value
+    fails here, not in a pod). Values from Secrets are named here but not parsed."""
+    objects = rendered(overlay, components)
+    for name in (GATEWAY, MODEL_SERVER):
         (container,) = pod_spec(find(objects, "Deployment", name))["containers"]
-        names = {e["name"] for e in container["env"] if e["name"].startswith("LUNGWATCH_")}
-        assert names, name
-        unknown = names - settings_env_names(cls, prefix)
+        env = container_env(objects, container)
+        named = {e["name"] for e in container["env"]} | set(env)
+        cls, prefix = settings_classes()[name]
+        unknown = {n for n in named if n.startswith("LUNGWATCH_")} - settings_env_names(cls, prefix)
         assert not unknown, f"{name}: not settings fields: {sorted(unknown)}"
-        values = {
-            e["name"].removeprefix(prefix).lower(): e["value"]
-            for e in container["env"]
-            if e["name"] in names and "value" in e
-        }
-        cls(**values)
+        assert_settings_fields_that_parse(f"{overlay} {name}", env, name)
 
 
 def test_ports_agree_between_settings_containers_services_and_urls() -> None:
@@ -468,3 +552,192 @@ def test_scaled_objects_fall_back_and_stabilise() -> None:
         assert float(trigger["metadata"]["threshold"]) > 0
         # An empty answer is an error (-> fallback), not zero load (-> scale to minimum).
         assert trigger["metadata"]["ignoreNullValues"] == "false"
+
+
+# --- rollout: one place per process, explicit defaults, the same under compose -----------
+# What an operator changes to roll a model out, per process (issue 23), field names.
+ROLLOUT_SETTINGS = {
+    GATEWAY: ("rollout_mode", "rollout_percent", "canary_sticky_header"),
+    MODEL_SERVER: ("model_uri", "challenger_uri", "reload_interval_seconds"),
+}
+COMPOSE_SERVICES = {GATEWAY: "gateway", MODEL_SERVER: "model-server"}
+
+
+def container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (only,) = pod_spec(find(objects, "Deployment", name))["containers"]
+    return only
+
+
+def rollout_config_map(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (config_map,) = config_maps_of(objects, container(objects, name))
+    return config_map
+
+
+@pytest.mark.parametrize(("overlay", "components"), VARIANTS, ids=VARIANT_IDS)
+def test_rollout_settings_live_in_one_config_map_per_deployment_that_env_does_not_hide(
+    overlay: str, components: tuple[str, ...]
+) -> None:
+    objects = rendered(overlay, components)
+    for name, fields in ROLLOUT_SETTINGS.items():
+        _, prefix = settings_classes()[name]
+        config_map = rollout_config_map(objects, name)
+        keys = set(config_map["data"])
+        assert {prefix + field.upper() for field in fields} <= keys, name
+        # `env` wins over envFrom: a key listed there too would make an edit of the
+        # ConfigMap change nothing, silently.
+        hidden = keys & {e["name"] for e in container(objects, name)["env"]}
+        assert not hidden, f"{name}: set under env, so the ConfigMap's value is ignored: {hidden}"
+        # The hash suffix makes an edit a new pod template: the pods restart with the new
+        # values (they are read at start), and only the Deployment whose settings changed.
+        assert re.fullmatch(rf"{name}-rollout-[a-z0-9]{{10}}", config_map["metadata"]["name"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_overlays_state_the_code_defaults_no_rollout(overlay: str) -> None:
+    """The values written out in base/kustomization.yaml are the settings' own defaults."""
+    objects = rendered(overlay)
+    for name, fields in ROLLOUT_SETTINGS.items():
+        cls, prefix = settings_classes()[name]
+        data = rollout_config_map(objects, name)["data"]
+        settings = cls(**{field: data[prefix + field.upper()] for field in fields})
+        for field in fields:
+            assert getattr(settings, field) == cls.model_fields[field].default, (name, field)
+    assert data["LUNGWATCH_MODEL_SERVER_CHALLENGER_URI"] == ""
+
+
+@pytest.mark.parametrize("mode", ROLLOUTS)
+def test_a_rollout_component_serves_the_challenger_and_sets_the_gateway_mode(mode: str) -> None:
+    from contract.settings import CHALLENGER_ALIAS, REGISTERED_MODEL_NAME, SERVING_ALIAS
+
+    objects = rendered("prod", ("registry", f"rollout/{mode}"))
+    gateway, model = (
+        assert_settings_fields_that_parse(mode, container_env(objects, container(objects, n)), n)
+        for n in (GATEWAY, MODEL_SERVER)
+    )
+    assert gateway.rollout_mode == mode
+    assert 0 < gateway.rollout_percent < 100
+    assert gateway.challenger_url == "", "the challenger is asked of the same model servers"
+    assert model.model_uri == f"models:/{REGISTERED_MODEL_NAME}@{SERVING_ALIAS}"
+    assert model.challenger_uri == f"models:/{REGISTERED_MODEL_NAME}@{CHALLENGER_ALIAS}"
+    assert model.reload_interval_seconds > 0, "aliases are followed"
+    # Switching it on changes both pod templates (new ConfigMap names): both restart with it.
+    before = rendered("prod")
+    for name in (GATEWAY, MODEL_SERVER):
+        new, old = (rollout_config_map(o, name)["metadata"]["name"] for o in (objects, before))
+        assert new != old, name
+
+
+def test_the_registry_component_points_every_replica_at_one_shared_registry() -> None:
+    """A rollout on a cluster: every replica follows the same aliases, so none reads a private
+    copy of the baked store; the copy's init container and volume are gone, /tmp (where a
+    new version is downloaded) stays."""
+    objects = rendered("prod", ("registry",))
+    spec = pod_spec(find(objects, "Deployment", MODEL_SERVER))
+    (server,) = spec["containers"]
+    tracking_uri = container_env(objects, server)["MLFLOW_TRACKING_URI"]
+    assert re.match(r"https?://[\w.-]+(:\d+)?/?$", tracking_uri), tracking_uri
+    assert not spec.get("initContainers"), "the baked store is not copied"
+    mounts = {m["mountPath"] for m in server["volumeMounts"]}
+    assert "/app/mlruns" not in mounts and "/tmp" in mounts
+    assert "mlruns" not in {v["name"] for v in spec["volumes"]}
+    secrets = [s["secretRef"] for s in server["envFrom"] if "secretRef" in s]
+    assert secrets == [{"name": "lungwatch-mlflow-credentials", "optional": True}]
+    assert find(objects, "Deployment", GATEWAY) == find(rendered("prod"), "Deployment", GATEWAY)
+
+
+def readme_operator_overlay() -> dict[str, Any]:
+    """The example overlay deploy/README.md gives under "Rolling out a model"."""
+    text = (DEPLOY_DIR / "README.md").read_text()
+    found = re.search(r"An operator's overlay for a rollout.*?```yaml\n(.*?)```", text, re.S)
+    assert found, "deploy/README.md has no example overlay for a rollout"
+    example: dict[str, Any] = yaml.safe_load(found.group(1))
+    return example
+
+
+def test_the_readmes_operator_overlay_renders_and_its_patches_win_over_the_components() -> None:
+    """The documented way to change a rollout value: a `patches:` entry on the ConfigMap,
+    which kustomize applies after the components (a configMapGenerator merge in the overlay
+    would run before them and lose), with the hash recomputed, so the pods restart."""
+    example = readme_operator_overlay()
+    prod = yaml.safe_load((DEPLOY_DIR / "overlays" / "prod" / "kustomization.yaml").read_text())
+    added = tuple(
+        c.removeprefix("../../components/")
+        for c in example["components"]
+        if c not in prod["components"]
+    )
+    assert added == ("registry", "rollout/canary")
+    patches = yaml.safe_dump(example["patches"])
+    objects = rendered("prod", added, patches)
+    expected = {}
+    for entry in example["patches"]:
+        patch = yaml.safe_load(entry["patch"])
+        assert patch["kind"] == "ConfigMap" and set(patch) == {
+            "apiVersion",
+            "kind",
+            "metadata",
+            "data",
+        }
+        expected[patch["metadata"]["name"]] = patch["data"]
+    without = rendered("prod", added)
+    for name in (GATEWAY, MODEL_SERVER):
+        config_map = rollout_config_map(objects, name)
+        wanted = expected[f"{name}-rollout"]
+        assert {k: config_map["data"][k] for k in wanted} == wanted, name
+        assert (
+            config_map["metadata"]["name"] != rollout_config_map(without, name)["metadata"]["name"]
+        )
+        assert not policy_violations(find(objects, "Deployment", name))
+    gateway = container_env(objects, container(objects, GATEWAY))
+    assert gateway["LUNGWATCH_GATEWAY_ROLLOUT_MODE"] == "canary", "the component still applies"
+    for obj in objects:
+        if (obj["apiVersion"], obj["kind"]) not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+SAMPLE_SECRET = "compose-sample-secret-of-32-chars"
+
+
+def compose_env(name: str) -> dict[str, str]:
+    """A compose service's environment as compose passes it once every required variable is
+    set: `${X:-default}` gives the default, `${X:?message}` a sample value."""
+    environment = stack_files.compose()["services"][COMPOSE_SERVICES[name]]["environment"]
+    out = {}
+    for key, value in environment.items():
+        # str(): an unquoted `off` or `10` in YAML is a bool or an int, which compose refuses.
+        assert isinstance(value, str), f"{key}: {value!r} is not a string"
+        value = re.sub(r"\$\{\w+:\?[^}]*\}", SAMPLE_SECRET, value)
+        value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+        assert "$" not in value, f"{key}: unhandled interpolation in {value!r}"
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("name", [GATEWAY, MODEL_SERVER])
+def test_compose_environment_variables_are_settings_fields_and_parse(name: str) -> None:
+    assert_settings_fields_that_parse(f"compose {name}", compose_env(name), name)
+
+
+def test_compose_states_the_rollout_settings_deploy_states() -> None:
+    """The same explicit values in both: `make run` (the code's defaults), compose and the
+    overlays start the same way, with no challenger and the rollout off."""
+    objects = rendered("prod")
+    for name, fields in ROLLOUT_SETTINGS.items():
+        _, prefix = settings_classes()[name]
+        env, data = compose_env(name), rollout_config_map(objects, name)["data"]
+        for key in (prefix + field.upper() for field in fields):
+            assert key in env, f"compose.yaml does not state {key}"
+            assert env[key] == data[key], key
+
+
+def test_compose_keeps_the_model_registry_on_a_named_volume() -> None:
+    """A challenger trained or an alias moved in the model-server container outlives it: the
+    store the image's MLFLOW_TRACKING_URI names is on a named volume, which compose seeds from
+    the image (a bind mount would hide the baked store instead)."""
+    dockerfile = (REPO_ROOT / "docker" / "model.Dockerfile").read_text()
+    (uri,) = re.findall(r"^ENV MLFLOW_TRACKING_URI=(\S+)", dockerfile, re.M)
+    store_dir = str(Path(uri.removeprefix("sqlite:///")).parent)
+    compose = stack_files.compose()
+    service = compose["services"]["model-server"]
+    assert "MLFLOW_TRACKING_URI" not in service["environment"]
+    sources = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
+    assert sources.get(store_dir) in compose["volumes"], f"{store_dir} is not on a named volume"
