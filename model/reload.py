@@ -82,16 +82,12 @@ class AliasReader:
 
     def _from_mlflow(self, name: str, alias: str) -> str | None:
         import mlflow
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+        # All aliases in one call: a missing alias is then absent, where
+        # get_model_version_by_alias raises an error whose code differs between stores.
         client = mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
-        try:
-            return str(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException as exc:
-            if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-                return None
-            raise
+        version = client.get_registered_model(name).aliases.get(alias)
+        return None if version is None else str(version)
 
 
 async def fetch_in_child(uri: str) -> ResolvedModel:
