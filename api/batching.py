@@ -98,6 +98,7 @@ class MicroBatcher:
         return ModelAnswer(
             rows=[row for answer in answers for row in answer.rows],
             model_version=answers[-1].model_version,
+            role=answers[-1].role,
         )
 
     async def _submit(self, rows: Sequence[Sequence[int]]) -> ModelAnswer:
@@ -215,7 +216,7 @@ class MicroBatcher:
                 end = start + len(request.rows)
                 if not request.future.done():
                     request.future.set_result(
-                        ModelAnswer(answer.rows[start:end], answer.model_version)
+                        ModelAnswer(answer.rows[start:end], answer.model_version, answer.role)
                     )
                 start = end
         except BaseException:

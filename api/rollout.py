@@ -114,10 +114,19 @@ class ShadowScorer:
                 self._rows.add(sum(len(s.rows) for s in batch), self._outcomes["failed"])
 
     def _take(self) -> list[_Shadowed]:
+        """Up to max_rows rows, in order; a request larger than what is left of the call is
+        split, its rest staying first in the queue."""
         batch: list[_Shadowed] = []
         rows = 0
-        while self._queue and (not batch or rows + len(self._queue[0].rows) <= self.max_rows):
-            item = self._queue.popleft()
+        while self._queue and rows < self.max_rows:
+            item, room = self._queue[0], self.max_rows - rows
+            if len(item.rows) > room:
+                self._queue[0] = _Shadowed(
+                    item.rows[room:], item.classes[room:], item.champion_version
+                )
+                item = _Shadowed(item.rows[:room], item.classes[:room], item.champion_version)
+            else:
+                self._queue.popleft()
             rows += len(item.rows)
             batch.append(item)
         self.queued_rows -= rows

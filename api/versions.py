@@ -24,7 +24,7 @@ def version_label(version: str | None) -> str:
     label = _seen.get(version)
     if label is not None:
         return label
-    if not (version.isdigit() and len(version) <= 6):
+    if not (version.isascii() and version.isdigit() and len(version) <= 6):
         return UNKNOWN
     if len(_seen) >= MAX_VERSIONS:
         return OTHER

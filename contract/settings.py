@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.wire import CANARY_STICKY_HEADER
+
 # The MLflow registry entry the model server loads unless told otherwise (`make run`, compose).
 REGISTERED_MODEL_NAME = "lungwatch-risk"
 SERVING_ALIAS = "champion"
@@ -126,7 +128,7 @@ class GatewaySettings(BaseSettings):
         description="Share of prediction requests, in percent, shadowed or sent to the canary.",
     )
     canary_sticky_header: str = Field(
-        "x-lungwatch-sticky-key",
+        CANARY_STICKY_HEADER,
         pattern=r"^[a-z0-9][a-z0-9-]{0,63}$",
         description="Requests with the same value of this header go to the same version "
         "(absent: the request's rows decide, so one patient row always gets one version).",

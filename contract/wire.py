@@ -18,6 +18,8 @@ MODEL_VERSION_HEADER = "x-model-version"
 MODEL_ROLE_HEADER = "x-lungwatch-model-role"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The gateway's default header whose value keeps a caller on one version under canary.
+CANARY_STICKY_HEADER = "x-lungwatch-sticky-key"
 
 ROWS_PATH = "/lungwatch/predict-rows"
 ROWS_KEY = "rows"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from contract.dataset import DATASET_PATH, read_rows
 from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
+from contract.wire import CANARY_STICKY_HEADER
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict/batch"
 # The gateway's default canary stickiness header (LUNGWATCH_GATEWAY_CANARY_STICKY_HEADER).
-STICKY_HEADER = "x-lungwatch-sticky-key"
+STICKY_HEADER = CANARY_STICKY_HEADER
 
 VALID_KINDS: tuple[str, ...] = ("features", "patient", "batch")
 # The seed's two broken shapes (wrong count, non-numeric) and three more the gateway refuses.

@@ -203,6 +203,8 @@ class Reloader:
             resolved = await self.fetch(f"models:/{name}/{version}")
             model = await asyncio.to_thread(self.build, resolved, role)
         except Refused as refused:
+            if refused.result == REGISTRY_ERROR:  # says nothing of the version: retried
+                return self._refuse(role, None, refused)
             return self._refuse(role, version, refused)
         self.slots.swap(model, role)
         self._refused.pop(role, None)

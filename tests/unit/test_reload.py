@@ -218,13 +218,6 @@ def test_a_registry_that_does_not_answer_is_counted_and_the_models_keep_serving(
     assert s.versions() == ("3", "6")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core defect: a Refused(registry_error) raised by the fetch (the child could not "
-    "ask the registry, or took over FETCH_TIMEOUT_SECONDS) marks the version refused, so a "
-    "registry blip during a fetch keeps the old version serving until the alias moves "
-    "again; only refused_gate/refused_load say something about the version",
-)
 def test_a_registry_error_while_fetching_is_retried_on_the_next_check() -> None:
     s = Setup(FakeAliases(champion="3"))
     s.fetch.refuse["3"] = Refused(REGISTRY_ERROR, "the registry cannot say what it is")

@@ -422,13 +422,6 @@ def test_shadow_merges_queued_rows_into_calls_of_at_most_max_rows(
     assert values(reader, "gateway_shadow_queue_rows") == {(): 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core defect: ShadowScorer._take always takes the first queued request whole, so "
-    "a /predict/batch request of more rows than SHADOW_MAX_ROWS (e.g. 100 > 64, both "
-    "defaults) becomes one shadow call of all its rows; the spec says calls of up to "
-    "SHADOW_MAX_ROWS",
-)
 def test_a_request_larger_than_max_rows_is_shadowed_in_calls_of_max_rows(
     telemetry: tuple[Telemetry, InMemoryMetricReader],
 ) -> None:
