@@ -99,7 +99,7 @@ def test_latency_slo_threshold_is_a_bucket_boundary() -> None:
     """The le="..." the latency SLO reads must be a boundary the histogram really has."""
     les = set()
     for rule in stack_files.rules():
-        les.update(re.findall(r'le="([^"]+)"', rule.expr))
+        les.update(re.findall(r'\ble="([^"]+)"', rule.expr))  # not role="..."
     assert les, "no latency rule reads a bucket"
     boundaries = {f"{b:g}" for b in ins.ENDPOINT_REQUEST_TIME.buckets or ()}
     assert les <= boundaries, f"{les - boundaries} are not buckets of {sorted(boundaries)}"

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from telemetry import instruments as ins
 from tests.config import stack_files
 from tests.config.stack_files import host_port
 
@@ -297,16 +298,24 @@ def test_dashboards_only_use_provisioned_datasources() -> None:
         assert used <= provisioned, f"{path.name} uses unprovisioned {used - provisioned}"
 
 
-def test_the_four_dashboards_exist_with_unique_uids() -> None:
-    titles = {d["title"] for _, d in DASHBOARDS}
+def test_the_dashboards_exist_with_unique_uids() -> None:
+    titles = {d["title"]: d["uid"] for _, d in DASHBOARDS}
     assert titles == {
-        "Lungwatch / Service overview",
-        "Lungwatch / Model",
-        "Lungwatch / System",
-        "Lungwatch / SLO",
+        "Lungwatch / Service overview": "lungwatch-service",
+        "Lungwatch / Model": "lungwatch-model",
+        "Lungwatch / System": "lungwatch-system",
+        "Lungwatch / SLO": "lungwatch-slo",
+        "Lungwatch / Rollout": "lungwatch-rollout",
     }
     uids = [d["uid"] for _, d in DASHBOARDS]
     assert len(set(uids)) == len(uids)
+
+
+def test_every_dashboard_is_listed_in_the_docs() -> None:
+    text = stack_files.DOCS_FILE.read_text()
+    for _, dashboard in DASHBOARDS:
+        name = dashboard["title"].removeprefix("Lungwatch / ")
+        assert f"- **{name}**" in text, f"docs/observability.md#dashboards lacks {name}"
 
 
 def test_latency_panels_show_exemplars() -> None:
@@ -319,6 +328,127 @@ def test_latency_panels_show_exemplars() -> None:
     assert latency
     missing = [str(q) for q in latency if not q.exemplar]
     assert not missing, f"latency queries without exemplars: {missing}"
+
+
+# --- what the queries read ----------------------------------------------------------------
+# Metrics read that no instrument of telemetry/instruments.py declares, and why they exist.
+NOT_INSTRUMENTS: dict[str, str] = {
+    "up": "Prometheus's own scrape health",
+    "ALERTS": "Prometheus's own alert state",
+    # prometheus_client's ProcessCollector on the direct /metrics (telemetry/__init__.py).
+    "process_resident_memory_bytes": "ProcessCollector",
+    "process_cpu_seconds_total": "ProcessCollector",
+    "process_open_fds": "ProcessCollector",
+    "span_relay_process_resident_memory_bytes": "ProcessCollector of the span relay child",
+    "span_relay_process_cpu_seconds_total": "ProcessCollector of the span relay child",
+}
+# Labels every scraped series may carry besides an instrument's own attributes: the target's,
+# and the OTel scope the exporter adds.
+SCRAPE_LABELS = {"job", "instance", "otel_scope_name", "otel_scope_version"}
+GROUPING = re.compile(r"\b(?:by|on|ignoring|without)\s*\(([^)]*)\)")
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+
+
+def _instrument_labels() -> dict[str, set[str]]:
+    """Each name a declared instrument is stored under, with the labels it may carry."""
+    labels: dict[str, set[str]] = {}
+    for spec in ins.ALL_INSTRUMENTS + ins.RENAMED_INSTRUMENTS:
+        own = set(getattr(spec, "attributes", ()) or ()) | SCRAPE_LABELS
+        if spec.kind is ins.Kind.HISTOGRAM:
+            labels[f"{spec.name}_bucket"] = own | {"le"}
+            labels[f"{spec.name}_sum"] = own
+            labels[f"{spec.name}_count"] = own
+        else:
+            labels[spec.name] = own
+    return labels
+
+
+def _recorded_labels(known: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Each recording rule's name with the labels it may carry: those of the series it reads
+    (a superset of what its aggregations keep, good enough to catch a misspelt label)."""
+    recorded: dict[str, set[str]] = {}
+    for rule in stack_files.rules():
+        if rule.is_alert:
+            continue
+        labels: set[str] = set()
+        for name in stack_files.metric_names(rule.expr):
+            labels |= known.get(name, set()) | recorded.get(name, set())
+        recorded[rule.name] = labels
+    return recorded
+
+
+def _queries() -> list[tuple[str, str]]:
+    out = [
+        (str(q), q.expr)
+        for _, dashboard in DASHBOARDS
+        for q in stack_files.panel_queries(dashboard)
+        if q.datasource_uid == "prometheus"
+    ]
+    out += [(f"rule {r.name}", r.expr) for r in stack_files.rules()]
+    return out
+
+
+def test_every_metric_a_query_reads_is_declared_or_recorded() -> None:
+    """Nothing reads a metric by a name no code declares: a renamed instrument breaks here,
+    not on a dashboard that quietly shows "No data"."""
+    declared = set(_instrument_labels())
+    recorded = {rule.name for rule in stack_files.rules() if not rule.is_alert}
+    unknown = [
+        f"{where}: {sorted(names)}"
+        for where, expr in _queries()
+        if (names := stack_files.metric_names(expr) - declared - recorded - set(NOT_INSTRUMENTS))
+    ]
+    assert not unknown, "\n".join(unknown)
+
+
+def _label_failures(where: str, expr: str, known: dict[str, set[str]]) -> list[str]:
+    names = stack_files.metric_names(expr)
+    if "ALERTS" in names:
+        return []  # its labels are the alerts' own
+    failures = []
+    carried = SCRAPE_LABELS.union(*(known.get(n, set()) for n in names))
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    for metric, matchers in SELECTOR.findall(unquoted):
+        if metric not in known:
+            continue  # up, process_*: not ours, no declared labels to hold them to
+        wrong = set(MATCHER.findall(matchers)) - known[metric]
+        if wrong:
+            failures.append(f"{where}: {metric} has no label {sorted(wrong)}")
+    for group in GROUPING.findall(unquoted):
+        wrong = {g.strip() for g in group.split(",") if g.strip()} - carried
+        if wrong:
+            failures.append(f"{where}: no metric of it carries {sorted(wrong)}")
+    return failures
+
+
+def _known_labels() -> dict[str, set[str]]:
+    known = _instrument_labels()
+    return known | _recorded_labels(known)
+
+
+def test_every_label_a_query_names_is_one_its_metrics_carry() -> None:
+    """Label matchers name a label of their metric, and by/on/ignoring/without name a label
+    of some metric of the expression (a misspelt model_version would silently match nothing
+    or group everything into one series)."""
+    known = _known_labels()
+    failures = [f for where, expr in _queries() for f in _label_failures(where, expr, known)]
+    assert not failures, "\n".join(failures)
+
+
+def test_label_check_catches_a_misspelt_label() -> None:
+    """The check above really reads matchers and grouping clauses."""
+    known = _known_labels()
+    good = 'sum by (model_version) (rate(model_predictions_total{class="High"}[5m]))'
+    assert _label_failures("good", good, known) == []
+    bad_matcher = 'sum(rate(model_predictions_total{clas="High"}[5m]))'
+    assert _label_failures("bad", bad_matcher, known) == [
+        "bad: model_predictions_total has no label ['clas']"
+    ]
+    bad_group = "sum by (model_verison) (lungwatch:model_predictions:share_rate5m)"
+    assert _label_failures("bad", bad_group, known) == [
+        "bad: no metric of it carries ['model_verison']"
+    ]
 
 
 def test_dashboard_provider_path_is_where_compose_mounts_the_dashboards() -> None:
