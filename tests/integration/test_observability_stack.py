@@ -4,6 +4,10 @@
    Prometheus that scrapes the real gateway and model server (with the repo's rule files
    loaded) after real traffic, and returns data; a dashboard naming a metric nobody emits
    fails. Alert expressions are meant to be empty while all is well: they only have to run.
+   The Rollout dashboard and rules/rollout.yml need a challenger: they run against a stack of
+   their own (a model server serving a champion and a challenger, one gateway shadowing, one
+   in canary, one in canary whose challenger calls all fail); on the plain stack the rollout
+   rules only have to run.
 2. Real Prometheus + real Alertmanager (Debian's prometheus-alertmanager) + a webhook
    receiver in this test: stopping the model server delivers ModelServerDown to the webhook
    (rules copied with short `for:`), its symptoms are inhibited, and it resolves after restart.
@@ -20,7 +24,8 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,12 +36,19 @@ import pytest
 import yaml
 
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, LABELS
+from contract.settings import CHALLENGER_ALIAS, REGISTERED_MODEL_NAME
+from contract.wire import CHALLENGER
 from devtools import procs
 from model.dataset import load_dataset
 from tests.config import stack_files
 from tests.integration.conftest import Spawn, Stack
 
 RULE_FILES = stack_files.rule_files()
+ROLLOUT_RULES = stack_files.RULES_DIR / "rollout.yml"
+ROLLOUT_DASHBOARD = "lungwatch-rollout"
+CHALLENGER_URI = f"models:/{REGISTERED_MODEL_NAME}@{CHALLENGER_ALIAS}"
+# Counted only once a registry alias moves, which the session's stack never does.
+ROLLOUT_ONLY_METRICS = {"model_reloads_total"}
 # What Grafana would send: $__rate_interval is at least 4 scrape intervals (1 s here).
 RATE_INTERVAL = "15s"
 INTERVAL = "5s"
@@ -145,6 +157,62 @@ def only_alerts_series(expr: str) -> bool:
     return stack_files.metric_names(expr) == {"ALERTS"}
 
 
+def dashboard_queries(*, rollout: bool) -> list[stack_files.PanelQuery]:
+    """The Prometheus queries of the Rollout dashboard, or of every other dashboard."""
+    return [
+        q
+        for _, dashboard in stack_files.dashboards()
+        if (dashboard["uid"] == ROLLOUT_DASHBOARD) == rollout
+        for q in stack_files.panel_queries(dashboard)
+        if q.datasource_uid == "prometheus"
+    ]
+
+
+def query_failures(
+    prom_url: str,
+    queries: list[stack_files.PanelQuery],
+    rules: list[stack_files.Rule],
+    rules_without_data: Collection[Path] = (),
+    metrics_without_data: Collection[str] = (),
+) -> list[str]:
+    """Each dashboard query and rule run on a real Prometheus: what names a metric nobody
+    emits, fails to run, or (a dashboard query, a recording rule) returns nothing. Rules of
+    `rules_without_data`, and queries reading `metrics_without_data`, only have to run."""
+    names = httpx.get(f"{prom_url}/api/v1/label/__name__/values", timeout=10).json()
+    emitted = set(names["data"])
+    failures: list[str] = []
+    for query in queries:
+        expr = stack_files.substitute_grafana_variables(query.expr, RATE_INTERVAL, INTERVAL)
+        names = stack_files.metric_names(expr)
+        must_have_data = not names & set(metrics_without_data)
+        unknown = names - emitted - {"ALERTS"}
+        if unknown and must_have_data:
+            failures.append(f"{query}: names metrics nobody emits: {sorted(unknown)}")
+            continue
+        try:
+            result = procs.prom_query(prom_url, expr)
+        except AssertionError as exc:
+            failures.append(f"{query}: {exc}")
+            continue
+        if must_have_data and not result and not only_alerts_series(expr):
+            failures.append(f"{query}: no data for {expr}")
+
+    for rule in rules:
+        must_have_data = not rule.is_alert and rule.file not in rules_without_data
+        unknown = stack_files.metric_names(rule.expr) - emitted - {"ALERTS"}
+        if unknown and must_have_data:
+            failures.append(f"rule {rule.name}: names metrics nobody emits: {sorted(unknown)}")
+            continue
+        try:
+            result = procs.prom_query(prom_url, rule.expr)
+        except AssertionError as exc:
+            failures.append(f"rule {rule.name}: {exc}")
+            continue
+        if must_have_data and not result:
+            failures.append(f"recording rule {rule.name}: no data")
+    return failures
+
+
 def test_every_dashboard_and_rule_query_returns_data(
     stack: Stack, spawn: Spawn, tmp_path: Path
 ) -> None:
@@ -172,46 +240,174 @@ def test_every_dashboard_and_rule_query_returns_data(
         20,
         "the latency recording rule to evaluate over the traffic",
     )
-
-    names = httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10).json()
-    emitted = set(names["data"])
-    failures: list[str] = []
-
-    queries = [
-        q
-        for _, dashboard in stack_files.dashboards()
-        for q in stack_files.panel_queries(dashboard)
-        if q.datasource_uid == "prometheus"
-    ]
+    queries = dashboard_queries(rollout=False)
     assert len(queries) > 30, "the dashboards lost their queries"
-    for query in queries:
-        expr = stack_files.substitute_grafana_variables(query.expr, RATE_INTERVAL, INTERVAL)
-        unknown = stack_files.metric_names(expr) - emitted - {"ALERTS"}
-        if unknown:
-            failures.append(f"{query}: names metrics nobody emits: {sorted(unknown)}")
-            continue
-        try:
-            result = procs.prom_query(prometheus.url, expr)
-        except AssertionError as exc:
-            failures.append(f"{query}: {exc}")
-            continue
-        if not result and not only_alerts_series(expr):
-            failures.append(f"{query}: no data for {expr}")
-
-    for rule in stack_files.rules():
-        unknown = stack_files.metric_names(rule.expr) - emitted - {"ALERTS"}
-        if unknown:
-            failures.append(f"rule {rule.name}: names metrics nobody emits: {sorted(unknown)}")
-            continue
-        try:
-            result = procs.prom_query(prometheus.url, rule.expr)
-        except AssertionError as exc:
-            failures.append(f"rule {rule.name}: {exc}")
-            continue
-        if not rule.is_alert and not result:
-            failures.append(f"recording rule {rule.name}: no data")
-
+    # No challenger and no reload here: the rollout rules and the reloads panel must run (and
+    # the alerts stay quiet), not have data; the rollout test below gives them data.
+    failures = query_failures(
+        prometheus.url,
+        queries,
+        stack_files.rules(),
+        rules_without_data={ROLLOUT_RULES},
+        metrics_without_data=ROLLOUT_ONLY_METRICS,
+    )
     assert not failures, "\n".join(failures)
+
+
+# --- the rollout: a champion and a challenger -------------------------------------------
+@dataclass
+class RolloutStack:
+    model: procs.TrainedModel
+    challenger_version: str
+    model_server: procs.ManagedProcess
+    shadow: procs.ManagedProcess
+    canary: procs.ManagedProcess
+    broken_canary: procs.ManagedProcess
+    prometheus: procs.ManagedProcess
+
+    @property
+    def gateways(self) -> tuple[procs.ManagedProcess, ...]:
+        return (self.shadow, self.canary, self.broken_canary)
+
+
+def registry_client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def new_challenger_version(model: procs.TrainedModel) -> str:
+    """Register the trained model's files again as a new version under @challenger: the same
+    model behind another version number, so every shadowed row must agree."""
+    client = registry_client(model.tracking_uri)
+    # The trained version's files (its ONNX graph and pipeline: the model server gates a new
+    # version on both) by their location: MLflow 3's `models:/m-...` source would be looked
+    # up through the process-wide tracking URI, not this client's.
+    source = client.get_model_version(REGISTERED_MODEL_NAME, model.version).source
+    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    version = str(
+        client.create_model_version(
+            REGISTERED_MODEL_NAME, source=location, run_id=model.run_id
+        ).version
+    )
+    client.set_registered_model_alias(REGISTERED_MODEL_NAME, CHALLENGER_ALIAS, version)
+    return version
+
+
+def start_rollout_stack(spawn: Spawn, tmp_path: Path) -> RolloutStack:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # A registry of this test's own: moving aliases in the session's would reach its server.
+    model = procs.train_model(tmp_path / "mlflow", "--repeats", "2")
+    challenger = new_challenger_version(model)
+    model_server = spawn(
+        procs.model_server(
+            model,
+            logs,
+            LUNGWATCH_MODEL_SERVER_CHALLENGER_URI=CHALLENGER_URI,
+            # The registry is read at start-up only: nothing here moves an alias.
+            LUNGWATCH_MODEL_SERVER_RELOAD_INTERVAL_SECONDS="0",
+        )
+    )
+    # The challenger is fetched and gated after start-up, in a child process, and counted as
+    # a reload (model_reloads_total{role="challenger", result="swapped"}).
+    served = procs.wait_until(
+        lambda: httpx.get(f"{model_server.url}/model", timeout=10).json()[CHALLENGER],
+        120,
+        "the model server to serve the challenger",
+        interval=0.5,
+    )
+    assert served["version"] == challenger, served
+
+    def gateway(name: str, **env: str) -> procs.ManagedProcess:
+        return spawn(procs.gateway(model_server.url, logs, name=name, extra_env=env))
+
+    shadow = gateway(
+        "gateway-shadow",
+        LUNGWATCH_GATEWAY_ROLLOUT_MODE="shadow",
+        LUNGWATCH_GATEWAY_ROLLOUT_PERCENT="100",
+    )
+    canary = gateway(
+        "gateway-canary",
+        LUNGWATCH_GATEWAY_ROLLOUT_MODE="canary",
+        LUNGWATCH_GATEWAY_ROLLOUT_PERCENT="50",
+    )
+    # Its challenger calls go to a port nothing listens on: every one falls back.
+    broken_canary = gateway(
+        "gateway-canary-broken",
+        LUNGWATCH_GATEWAY_ROLLOUT_MODE="canary",
+        LUNGWATCH_GATEWAY_ROLLOUT_PERCENT="100",
+        LUNGWATCH_GATEWAY_CHALLENGER_URL=f"http://127.0.0.1:{procs.free_port()}",
+    )
+    prometheus = spawn(
+        procs.prometheus(
+            tmp_path / "prometheus",
+            {
+                "lungwatch-gateway": [hostport(g) for g in (shadow, canary, broken_canary)],
+                "lungwatch-model-server": [hostport(model_server)],
+            },
+            rule_files=RULE_FILES,
+        )
+    )
+    return RolloutStack(model, challenger, model_server, shadow, canary, broken_canary, prometheus)
+
+
+def test_every_rollout_dashboard_and_rule_query_returns_data(spawn: Spawn, tmp_path: Path) -> None:
+    rollout = start_rollout_stack(spawn, tmp_path)
+    prom = rollout.prometheus.url
+    # Two rounds, as above: the first creates every series (the shadow's comparisons, the
+    # canary's fallbacks), the second is what the rates measure.
+    for size in ((2, 1, 1), (30, 5, 5)):
+        for gateway in rollout.gateways:
+            send_feedback(gateway.url, send_traffic(gateway.url, *size))
+        wait_for_gateway_metric(rollout.shadow.url, "model_shadow_comparisons_total")
+        wait_for_gateway_metric(rollout.broken_canary.url, "gateway_canary_fallbacks_total")
+        for _ in range(2):
+            wait_for_fresh_scrape(prom)
+    for gateway in rollout.gateways:
+        wait_for_gateway_metric(gateway.url, "model_drift_score")
+    wait_for_fresh_scrape(prom)
+    procs.wait_until(
+        lambda: procs.prom_query(prom, "lungwatch:model_shadow_agreement:ratio30m >= 0"),
+        20,
+        "the shadow agreement recording rule to evaluate over the traffic",
+    )
+
+    # The Model dashboard too: its reloads panel, and its drift panels that pick the
+    # champion's version out of two.
+    queries = dashboard_queries(rollout=True) + [
+        q for q in dashboard_queries(rollout=False) if q.dashboard == "Lungwatch / Model"
+    ]
+    assert len(queries) > 50, "the Rollout and Model dashboards lost their queries"
+    rules = [
+        r for r in stack_files.rules() if r.file.name in ("rollout.yml", "model-monitoring.yml")
+    ]
+    failures = query_failures(prom, queries, rules)
+    assert not failures, "\n".join(failures)
+
+    # And the figures say what happened: the versions served, the challenger's load, one version
+    # pair that agrees on every row (the challenger is the champion's model under another
+    # version), both versions answering callers, and fallbacks from the broken canary only.
+    champion, challenger = rollout.model.version, rollout.challenger_version
+    served = {
+        (s["metric"]["role"], s["metric"]["model_version"])
+        for s in procs.prom_query(prom, "max by (role, model_version) (model_info)")
+    }
+    assert served == {("champion", champion), ("challenger", challenger)}
+    reloads = procs.prom_query(prom, "sum by (role, result) (model_reloads_total)")
+    assert [(s["metric"], s["value"][1]) for s in reloads] == [
+        ({"role": "challenger", "result": "swapped"}, "1")
+    ]
+    agreement = procs.prom_query(prom, "lungwatch:model_shadow_agreement:ratio30m")
+    assert [
+        (s["metric"]["champion_version"], s["metric"]["challenger_version"], s["value"][1])
+        for s in agreement
+    ] == [(champion, challenger, "1")]
+    shares = procs.prom_query(prom, "sum by (model_version) (model_predictions_total)")
+    assert {s["metric"]["model_version"] for s in shares} == {champion, challenger}
+    fallbacks = procs.prom_query(prom, "sum by (instance, reason) (gateway_canary_fallbacks_total)")
+    assert {s["metric"]["instance"] for s in fallbacks} == {hostport(rollout.broken_canary)}
+    assert {s["metric"]["reason"] for s in fallbacks} <= {"model_unavailable", "circuit_open"}
 
 
 # --- alert delivery ----------------------------------------------------------------------
