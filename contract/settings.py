@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.wire import CANARY_STICKY_HEADER
@@ -364,6 +364,22 @@ class ModelServerSettings(BaseSettings):
 GATEWAY_DEFAULTS = GatewaySettings.model_construct()
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (GatewaySettings, ModelServerSettings)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S], process: str) -> S:
+    """The settings, or a clear exit (status 2) naming each bad variable and why, without
+    pydantic's own text, which quotes the input (API keys, secrets) in its message."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False, include_url=False):
+            # A whole-class check (loc empty) names its variables in its own message.
+            where = f"{env_name(settings_class, str(error['loc'][0]))}: " if error["loc"] else ""
+            print(f"{process}: {where}{error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def env_name(settings_class: type[BaseSettings], field: str) -> str:
