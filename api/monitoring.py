@@ -18,9 +18,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from api.feedback_store import AnsweredIds, KeyRateLimit
 from api.guard import key_id
+from api.model_client import ModelAnswer
 from api.prediction_ids import InvalidPredictionId, PredictionIds
+from api.quality import QualityMonitor
 from api.versions import version_label
-from contract.drift import DRIFT_THRESHOLD, psi_by_feature
+from contract.drift import (
+    DRIFT_TEST_ALPHA,
+    DRIFT_THRESHOLD,
+    MIN_TEST_ROWS,
+    psi_by_feature,
+    pvalues_by_feature,
+)
 from contract.features import FEATURE_NAMES, LABELS
 from contract.settings import GATEWAY_DEFAULTS, GatewaySettings
 from telemetry import Telemetry
@@ -131,6 +139,10 @@ _REFUSALS = {
 }
 
 
+# A window this small may show one value of a rare feature by chance.
+MIN_STUCK_ROWS = 100
+
+
 class DriftWindow:
     """The last `size` input rows and the PSI of each feature against the training reference
     of each served model version (a champion and a challenger may be trained on other rows;
@@ -140,6 +152,9 @@ class DriftWindow:
         self.rows: deque[tuple[int, ...]] = deque(maxlen=size)
         self.references: dict[str, dict[str, list[int]]] = {}  # version -> training counts
         self.scores: dict[str, dict[str, float]] = {}  # version -> feature -> PSI
+        self.pvalues: dict[str, dict[str, float]] = {}  # version -> feature -> chi-squared p
+        self.tested_rows = 0  # rows the p-values were computed from
+        self.stuck: set[str] = set()  # features with one value over the whole window
 
     def add(self, rows: Iterable[Sequence[int]]) -> None:
         self.rows.extend(tuple(row) for row in rows)
@@ -150,6 +165,7 @@ class DriftWindow:
         for version in [v for v in self.references if v not in wanted]:
             del self.references[version]
             self.scores.pop(version, None)
+            self.pvalues.pop(version, None)
 
     def compute(self, rows: Sequence[Sequence[int]] | None = None) -> None:
         """Score `rows` (default: the window). Pass a snapshot taken on the event loop when
@@ -159,6 +175,13 @@ class DriftWindow:
             return
         references = dict(self.references)
         self.scores = {v: psi_by_feature(ref, rows) for v, ref in references.items()}
+        self.pvalues = {v: pvalues_by_feature(ref, rows) for v, ref in references.items()}
+        self.tested_rows = len(rows)
+        self.stuck = (
+            {f for i, f in enumerate(FEATURE_NAMES) if len({row[i] for row in rows}) == 1}
+            if len(rows) >= MIN_STUCK_ROWS
+            else set()
+        )
 
     def score(self, version: str) -> float | None:
         scores = self.scores.get(version)
@@ -189,6 +212,7 @@ class ModelMonitor:
             answered = answered or AnsweredIds.from_settings(from_env, telemetry)
         self.ids = ids
         self.answered = answered
+        self.quality = QualityMonitor(telemetry, drift_window_rows)
         self._outcomes = ins.create(meter, ins.FEEDBACK_OUTCOMES)
         # (class, version label) -> the attribute set: built once, not per row.
         self._class_attributes: dict[tuple[int, str], dict[str, str]] = {}
@@ -202,30 +226,41 @@ class ModelMonitor:
         ins.create(meter, ins.ONLINE_ACCURACY, callbacks=[self._observe_accuracy])
         ins.create(meter, ins.ONLINE_RECALL, callbacks=[self._observe_recall])
         ins.create(meter, ins.FEEDBACK_WINDOW, callbacks=[self._observe_feedback_window])
+        ins.create(meter, ins.DRIFT_PVALUE, callbacks=[self._observe_pvalues])
+        ins.create(meter, ins.FEATURE_DRIFTED, callbacks=[self._observe_feature_drifted])
+        ins.create(meter, ins.STUCK_FEATURES, callbacks=[self._observe_stuck])
 
     # --- request path: O(1) per row ---------------------------------------------------
     def observe(
-        self,
-        rows: Sequence[Sequence[int]],
-        predictions: Sequence[tuple[str, int, float]],
-        model_version: str | None = None,
+        self, rows: Sequence[Sequence[int]], answer: ModelAnswer, sticky_key: str | None = None
     ) -> None:
-        """rows and their (prediction_id, class, confidence), after a successful answer by
-        `model_version`."""
+        """rows and the model's answer for them, after it was answered; `sticky_key` (else
+        the API key) says whose consecutive rows the repeated-row check compares."""
         self.drift.add(rows)
-        version = version_label(model_version)
-        for _, predicted, confidence in predictions:
-            attributes = self._class_attributes.get((predicted, version))
+        version = version_label(answer.model_version)
+        for row in answer.rows:
+            attributes = self._class_attributes.get((row.prediction, version))
             if attributes is None:
-                attributes = {"class": LABELS[predicted], "model_version": version}
-                self._class_attributes[(predicted, version)] = attributes
+                attributes = {"class": LABELS[row.prediction], "model_version": version}
+                self._class_attributes[(row.prediction, version)] = attributes
             self._by_class.add(1, attributes)
-            self._confidence.record(confidence, attributes)
+            self._confidence.record(row.confidence, attributes)
+        self.quality.observe(
+            rows,
+            [(row.prediction, row.probabilities) for row in answer.rows],
+            answer.model_version,
+            sticky_key if sticky_key is not None else CALLER.get(),
+        )
 
-    def issue_id(self, predicted: int, model_version: str | None) -> str:
+    def issue_id(
+        self,
+        predicted: int,
+        model_version: str | None,
+        probabilities: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> str:
         """A prediction id any replica with the same key verifies without a lookup, bound to
-        the API key of the request being served (CALLER)."""
-        return self.ids.issue(predicted, model_version, CALLER.get())
+        the API key of the request being served (CALLER), carrying what was answered."""
+        return self.ids.issue(predicted, model_version, CALLER.get(), probabilities)
 
     async def record_feedback(
         self,
@@ -273,6 +308,9 @@ class ModelMonitor:
         if not await self.answered.claim(verified.token, verified.expires_at):
             return FeedbackResult("duplicate", message="this prediction already has feedback")
         correct = self.feedback.record(verified.predicted, true_class)
+        self.quality.record_feedback(
+            verified.probabilities, verified.predicted, true_class, verified.model_version
+        )
         self._outcomes.add(
             1,
             {
@@ -304,8 +342,11 @@ class ModelMonitor:
                     reference = await fetch_reference(version)  # None while it is away
                     if reference is not None:
                         self.drift.references[version] = reference["counts"]
+                        if version == versions[0]:  # the champion's training rows
+                            self.quality.set_reference(reference)
                         log.info("drift reference loaded", extra={"model_version": version})
                 await asyncio.to_thread(self.drift.compute, list(self.drift.rows))
+                await asyncio.to_thread(self.quality.compute, list(self.quality.window))
             except Exception:  # a bug here must not stop monitoring; the next round retries
                 log.exception("drift round failed")
             await asyncio.sleep(interval)
@@ -336,6 +377,30 @@ class ModelMonitor:
 
     def _observe_window(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(len(self.drift.rows))]
+
+    def _observe_pvalues(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(p, {"feature": name, "model_version": version})
+            for version, pvalues in self.drift.pvalues.items()
+            for name, p in pvalues.items()
+        ]
+
+    def _observe_feature_drifted(self, options: CallbackOptions) -> Iterable[Observation]:
+        enough = self.drift.tested_rows >= MIN_TEST_ROWS
+        return [
+            Observation(
+                int(enough and p < DRIFT_TEST_ALPHA), {"feature": name, "model_version": version}
+            )  # fmt: skip
+            for version, pvalues in self.drift.pvalues.items()
+            for name, p in pvalues.items()
+        ]
+
+    def _observe_stuck(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self.drift.tested_rows < MIN_STUCK_ROWS:
+            return []
+        return [
+            Observation(int(name in self.drift.stuck), {"feature": name}) for name in FEATURE_NAMES
+        ]
 
     def _observe_accuracy(self, options: CallbackOptions) -> Iterable[Observation]:
         accuracy = self.feedback.accuracy()

@@ -2,15 +2,20 @@
 
 A prediction id is 64 hex digits (the shape `POST /feedback` has always accepted): 32 bytes of
 
-    format 2 (1) | random id (8) | issued at, unix seconds (4) | predicted class (1)
-    | model version (2) | caller: the first 4 bytes of the API key's id (4)
+    format 3 (1) | random id (6) | issued at, unix seconds (4) | predicted class (1)
+    | model version (2) | P(Low), P(Medium) answered, in 255ths (1 + 1)
+    | caller: the first 4 bytes of the API key's id (4)
     | HMAC-SHA256 of the 20 bytes before it, truncated to 12 bytes
 
-so `/feedback` learns from the id itself what was predicted, by which model version, when and
-for which API key, and the MAC proves this gateway fleet issued it: binding feedback to the
-key that predicted needs no lookup and no state. The caller is four zero bytes when API keys
-are off. Format 1 (before ids named their caller: a 16-byte body without it, 16-byte MAC)
-still verifies until it expires, as an id bound to no key. Signing uses the current key;
+so `/feedback` learns from the id itself what was predicted, with which probabilities
+(P(High) is the rest; online calibration: Brier score and ECE, issue 24), by which model
+version, when and for which API key, and the MAC proves this gateway fleet issued it: binding
+feedback to the key that predicted needs no lookup and no state. The caller is four zero
+bytes when API keys are off. Six random bytes, with the second and the rest of the body,
+make two equal ids of one second a 1-in-2**48 event. Format 2 (eight random bytes, no
+probabilities) and format 1 (before ids named their caller: a 16-byte body without it,
+16-byte MAC) still verify until they expire, without probabilities; format 1 as an id bound
+to no key. Signing uses the current key;
 verification also accepts the previous one, so a key is rotated without refusing ids issued
 just before. With no key configured each process draws a random one: ids then verify only on
 the replica that issued them, until it restarts (the single-process default needs nothing more).
@@ -32,9 +37,11 @@ from contract.settings import GATEWAY_DEFAULTS, GatewaySettings
 
 log = logging.getLogger("lungwatch.prediction_ids")
 
-FORMAT = 2
-# format, random id, issued at, class, model version, caller
-_BODY = struct.Struct(">B8sIBH4s")
+FORMAT = 3
+# format, random id, issued at, class, model version, P(Low) and P(Medium) in 255ths, caller
+_BODY = struct.Struct(">B6sIBHBB4s")
+_FORMAT_2 = 2
+_BODY_2 = struct.Struct(">B8sIBH4s")  # no probabilities
 # 96 bits: a forger needs ~2**96 online guesses, each also a rate-limited /feedback call.
 _MAC_BYTES = 12
 TOKEN_BYTES = _BODY.size + _MAC_BYTES  # 32 bytes, 64 hex digits
@@ -65,6 +72,8 @@ class VerifiedId:
     # The first 8 hex digits of the id of the API key that made the prediction; None when
     # API keys were off (or the id predates binding).
     caller: str | None = None
+    # (P(Low), P(Medium), P(High)) as answered, to 1/255; None for ids before format 3.
+    probabilities: tuple[float, float, float] | None = None
 
     def issued_to(self, api_key_id: str) -> bool:
         """Whether the API key with this id (api.guard.key_id) made the prediction."""
@@ -78,6 +87,10 @@ def _version_code(model_version: str | None) -> int:
     if model_version is not None and model_version.isdigit() and int(model_version) < 0xFFFF:
         return int(model_version)
     return UNKNOWN_VERSION
+
+
+def _255ths(probability: float) -> int:
+    return min(255, max(0, round(probability * 255)))
 
 
 class PredictionIds:
@@ -113,16 +126,22 @@ class PredictionIds:
         return hmac.new(key, body, hashlib.sha256).digest()
 
     def issue(
-        self, predicted: int, model_version: str | None, api_key_id: str | None = None
+        self,
+        predicted: int,
+        model_version: str | None,
+        api_key_id: str | None = None,
+        probabilities: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> str:
         """An id for one predicted row, bound to the API key (its id) that asked, if any."""
         caller = bytes.fromhex(api_key_id[: 2 * CALLER_BYTES]) if api_key_id else NO_CALLER
         body = _BODY.pack(
             FORMAT,
-            os.urandom(8),
+            os.urandom(6),
             int(self._clock()),
             predicted,
             _version_code(model_version),
+            _255ths(probabilities[0]),
+            _255ths(probabilities[1]),
             caller,
         )
         return (body + self._mac(self._keys[0], body)[:_MAC_BYTES]).hex()
@@ -133,7 +152,9 @@ class PredictionIds:
             raw = bytes.fromhex(token)
         except ValueError:
             raw = b""
-        layout = {FORMAT: _BODY, _FORMAT_1: _BODY_1}.get(raw[0]) if raw else None
+        layout = (
+            {FORMAT: _BODY, _FORMAT_2: _BODY_2, _FORMAT_1: _BODY_1}.get(raw[0]) if raw else None
+        )
         if len(raw) != TOKEN_BYTES or layout is None:
             raise InvalidPredictionId(
                 "malformed",
@@ -150,7 +171,11 @@ class PredictionIds:
                 "rotated out)",
             )
         _, _, issued_at, predicted, version, *rest = layout.unpack(body)
-        caller = rest[0] if rest else NO_CALLER
+        caller = rest[-1] if rest else NO_CALLER
+        probabilities = None
+        if layout is _BODY:
+            p_low, p_medium = rest[0] / 255, rest[1] / 255
+            probabilities = (p_low, p_medium, max(0.0, 1.0 - p_low - p_medium))
         if predicted > 2:
             raise InvalidPredictionId("malformed", "this prediction id names no class")
         expires_at = issued_at + self.ttl_seconds
@@ -166,4 +191,5 @@ class PredictionIds:
             issued_at=issued_at,
             expires_at=expires_at,
             caller=None if caller == NO_CALLER else caller.hex(),
+            probabilities=probabilities,
         )

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from contract.server import run_uvicorn
-from contract.settings import ModelServerSettings
+from contract.settings import ModelServerSettings, load_settings
 from contract.wire import CHALLENGER, CHAMPION, JSON, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
 from model.candidate import (
     REFUSED_LOAD,
@@ -712,7 +712,7 @@ def _check_secret(secret: str) -> None:
 def main() -> int:
     from telemetry.logs import configure_logging
 
-    settings = ModelServerSettings()
+    settings = load_settings(ModelServerSettings, "lungwatch model server")
     configure_logging(settings.log_level)
     if settings.workers > 1:
         return serve_workers(settings)

@@ -2,6 +2,7 @@
 
     python -m model.train [--if-missing] [--classifier forest|logreg] [--seed 42]
                           [--repeats 10] [--shuffle-labels] [--alias champion|challenger]
+                          [--holdout FRACTION]
 
 Tracking store: MLFLOW_TRACKING_URI (default: sqlite file `mlruns.db` at the repo root);
 MLflow's sqlite store puts artifacts under `./mlruns` of the working directory.
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from contract.dataset import REPO_ROOT
-from contract.drift import bin_counts
+from contract.drift import bin_counts, profile_digest, value_ranges
 from contract.features import FEATURE_NAMES, LABELS
 from contract.settings import CHALLENGER_ALIAS, REGISTERED_MODEL_NAME, SERVING_ALIAS
 from model.dataset import load_dataset
@@ -42,6 +43,7 @@ from model.evaluate import (
     card_with_figures,
     cross_validate,
     reliability_png,
+    split_by_profile,
     summary_markdown,
 )
 from model.onnx_export import Verification, random_valid_rows, to_onnx, verify
@@ -270,6 +272,7 @@ def train(
     repeats: int = REPEATS,
     shuffle_labels: bool = False,
     alias: str = SERVING_ALIAS,
+    holdout: float = 0.0,
 ) -> TrainResult:
     """Evaluate, fit on every row, convert and verify ONNX, log; register only past the gate.
     Raises GateRefused (after logging the run) when the model fails it."""
@@ -290,6 +293,12 @@ def train(
     report = evaluate_all(classifier, seed, repeats, shuffle_labels, frame)
     log.info("cross-validation took %.1f s", report.seconds)
 
+    if holdout > 0:
+        # The registered model never sees these profiles: replaying them measures what it
+        # does on unseen patients, as label-free estimates must be validated (issue 24).
+        # model.evaluate.split_by_profile(frame, holdout, seed) gives the same rows again.
+        kept, _ = split_by_profile(frame, holdout, seed)
+        x, y = x.iloc[kept], y[kept]
     pipeline = build_pipeline(classifier, seed)
     pipeline.fit(x, y)
     onnx_model = to_onnx(pipeline)
@@ -314,6 +323,7 @@ def train(
                 "rows": len(x),
                 "profiles": len(x.drop_duplicates()),
                 "shuffle_labels": shuffle_labels,
+                "holdout_profiles": holdout,
                 **{
                     f"clf_{k}": v
                     for k, v in base_params.items()
@@ -355,11 +365,16 @@ def train(
             mlflow.set_tag("gate_failures", "; ".join(failures))
             raise GateRefused(failures, run.info.run_id, champion_version())
 
-        # The drift reference: how the training rows spread over each feature's bins.
+        # The drift reference: how the training rows spread over each feature's bins, each
+        # feature's range in them, and the distinct profiles' fingerprints (the gateway's
+        # data-quality counters: outside_training_range, unseen_profile).
+        training_rows = x.to_numpy().tolist()
         reference = {
             "method": "psi-over-levels",
             "rows": len(x),
-            "counts": bin_counts(x.to_numpy().tolist()),
+            "counts": bin_counts(training_rows),
+            "ranges": value_ranges(training_rows),
+            "profiles": sorted({profile_digest(row) for row in training_rows}),
         }
         mlflow.log_dict(reference, REFERENCE_ARTIFACT)
         example = x.head(3).astype("int64")
@@ -433,14 +448,26 @@ def main(argv: list[str] | None = None) -> int:
         help="the alias the new version is registered under (challenger: to shadow or canary "
         "it beside the champion, then python -m model.promote)",
     )
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="fit the registered model without this share of the distinct profiles "
+        "(model.evaluate.split_by_profile with --seed), to replay them as unseen patients",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.holdout < 1:
+        parser.error("--holdout: a fraction from 0 to below 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     if args.if_missing and (version := registered_version()) is not None:
         print(f"model {REGISTERED_MODEL_NAME}@{SERVING_ALIAS} is version {version}; not retraining")
         return 0
     try:
-        result = train(args.classifier, args.seed, args.repeats, args.shuffle_labels, args.alias)
+        result = train(
+            args.classifier, args.seed, args.repeats, args.shuffle_labels, args.alias,
+            args.holdout,
+        )  # fmt: skip
     except GateRefused as refused:
         print(refused, file=sys.stderr)
         return 1

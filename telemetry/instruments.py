@@ -282,12 +282,93 @@ ROLLOUT_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
     SHADOW_ROWS, SHADOW_LATENCY, SHADOW_QUEUE, SHADOW_COMPARISONS, CANARY_FALLBACKS,
 )  # fmt: skip
 
+# --- model quality before the labels arrive (gateway, issue 24) -----------------------------
+# These estimates are meaningful only while the served probabilities are calibrated: watch
+# ModelCalibrationDrift (the feedback's ECE) before trusting them.
+EXPECTED_OUTCOMES = InstrumentSpec(
+    "model_expected_outcomes_total", Kind.COUNTER, "",
+    "Expected confusion matrix from the calibrated probabilities (CBPE): for each row "
+    "answered, P(actual) added under its predicted class; correct: predicted == actual. "
+    "Valid only while calibration holds",
+    attributes=("predicted", "actual", "correct", "model_version"),
+)  # fmt: skip
+ESTIMATED_ACCURACY = InstrumentSpec(
+    "model_estimated_accuracy", Kind.OBSERVABLE_GAUGE, "",
+    "Accuracy expected from the calibrated probabilities of this replica's recent "
+    "predictions, before any label (valid only while calibration holds)",
+    attributes=("model_version",),
+)  # fmt: skip
+ESTIMATED_RECALL = InstrumentSpec(
+    "model_estimated_recall", Kind.OBSERVABLE_GAUGE, "",
+    "Recall per true class expected from the calibrated probabilities (recent predictions)",
+    attributes=("class", "model_version"),
+)  # fmt: skip
+ESTIMATED_PRECISION = InstrumentSpec(
+    "model_estimated_precision", Kind.OBSERVABLE_GAUGE, "",
+    "Precision per predicted class expected from the calibrated probabilities",
+    attributes=("class", "model_version"),
+)  # fmt: skip
+FEEDBACK_BRIER = InstrumentSpec(
+    "model_feedback_brier_total", Kind.COUNTER, "",
+    "Sum of the multiclass Brier scores (0..2) of accepted feedback on ids that carry the "
+    "answered probabilities",
+    attributes=("model_version",),
+)  # fmt: skip
+FEEDBACK_SCORED = InstrumentSpec(
+    "model_feedback_scored_total", Kind.COUNTER, "",
+    "Accepted feedback on ids that carry the answered probabilities (Brier and ECE rows)",
+    attributes=("model_version",),
+)  # fmt: skip
+FEEDBACK_CALIBRATION = InstrumentSpec(
+    "model_feedback_calibration_total", Kind.COUNTER, "",
+    "Feedback rows with probabilities by confidence decile (bin: its lower edge) and "
+    "whether the prediction was right: the realized accuracy of each bin",
+    attributes=("bin", "correct", "model_version"),
+)  # fmt: skip
+FEEDBACK_CONFIDENCE = InstrumentSpec(
+    "model_feedback_confidence_total", Kind.COUNTER, "",
+    "Sum of the answered confidences of the feedback rows in each confidence decile: with "
+    "model_feedback_calibration_total, the expected calibration error",
+    attributes=("bin", "model_version"),
+)  # fmt: skip
+DRIFT_PVALUE = InstrumentSpec(
+    "model_feature_drift_pvalue", Kind.OBSERVABLE_GAUGE, "",
+    "Chi-squared goodness-of-fit p-value of each feature's recent levels against the "
+    "training reference of each served version",
+    attributes=("feature", "model_version"),
+)  # fmt: skip
+FEATURE_DRIFTED = InstrumentSpec(
+    "model_feature_drifted", Kind.OBSERVABLE_GAUGE, "",
+    "1 when the feature's chi-squared test rejects the training distribution (p < 0.01/23, "
+    "Bonferroni over the 23 features) on a window of at least 200 rows, else 0",
+    attributes=("feature", "model_version"),
+)  # fmt: skip
+INPUT_QUALITY = InstrumentSpec(
+    "model_input_quality_total", Kind.COUNTER, "",
+    "Valid input values worth a look, by feature and kind: outside_training_range (beyond "
+    "the training rows' lowest or highest value), at_range_edge (that, and the accepted "
+    "range's own end); feature row: repeated_row (same as the previous row of the same key), "
+    "unseen_profile (no training row is this profile)",
+    attributes=("feature", "kind"),
+)  # fmt: skip
+STUCK_FEATURES = InstrumentSpec(
+    "model_input_stuck_features", Kind.OBSERVABLE_GAUGE, "",
+    "1 when the feature took a single value over the whole recent window (100+ rows)",
+    attributes=("feature",),
+)  # fmt: skip
+QUALITY_INSTRUMENTS: tuple[InstrumentSpec, ...] = (
+    EXPECTED_OUTCOMES, ESTIMATED_ACCURACY, ESTIMATED_RECALL, ESTIMATED_PRECISION,
+    FEEDBACK_BRIER, FEEDBACK_SCORED, FEEDBACK_CALIBRATION, FEEDBACK_CONFIDENCE,
+    DRIFT_PVALUE, FEATURE_DRIFTED, INPUT_QUALITY, STUCK_FEATURES,
+)  # fmt: skip
+
 ALL_INSTRUMENTS = (
     GATEWAY_INSTRUMENTS
     + BATCHING_INSTRUMENTS
     + MONITORING_INSTRUMENTS
     + MODEL_SERVER_INSTRUMENTS
     + ROLLOUT_INSTRUMENTS
+    + QUALITY_INSTRUMENTS
 )
 CONTRACT: tuple[InstrumentSpec, ...] = tuple(s for s in ALL_INSTRUMENTS if s.contract)
 

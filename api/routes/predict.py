@@ -68,7 +68,7 @@ def _predictions(answer: ModelAnswer, monitor: ModelMonitor) -> list[Prediction]
             label=row.label,
             prediction_probabilities=list(row.probabilities),
             confidence=row.confidence,
-            prediction_id=monitor.issue_id(row.prediction, answer.model_version),
+            prediction_id=monitor.issue_id(row.prediction, answer.model_version, row.probabilities),
         )
         for row in answer.rows
     ]
@@ -77,13 +77,13 @@ def _predictions(answer: ModelAnswer, monitor: ModelMonitor) -> list[Prediction]
 def _sticky_key(request: Request, rollout: Rollout) -> str | None | Response:
     """The canary's sticky key (its header), or the 400 that refuses an oversized one."""
     key = request.headers.get(rollout.sticky_header)
-    if key is not None and len(key.encode()) > MAX_STICKY_KEY_BYTES:
+    # Starlette decodes header bytes as latin-1: that length is the bytes sent.
+    if key is not None and len(key) > MAX_STICKY_KEY_BYTES:
         return error_response(
             request.scope,
             400,
             "invalid_sticky_key",
-            f"{rollout.sticky_header}: at most {MAX_STICKY_KEY_BYTES} bytes, got "
-            f"{len(key.encode())}",
+            f"{rollout.sticky_header}: at most {MAX_STICKY_KEY_BYTES} bytes, got {len(key)}",
         )
     return key
 
@@ -101,11 +101,7 @@ async def score(
     predictions = _predictions(answer, monitor)
     last = predictions[-1]
     metrics.record_prediction(last.prediction, last.confidence)
-    monitor.observe(
-        rows,
-        [(p.prediction_id, p.prediction, p.confidence) for p in predictions],
-        answer.model_version,
-    )
+    monitor.observe(rows, answer, sticky_key)
     return predictions, answer.model_version
 
 

@@ -70,6 +70,25 @@ def test_format_1_ids_still_verify_as_bound_to_no_key() -> None:
     assert reason(PredictionIds(OTHER, clock=clock), token) == "forged"
 
 
+def test_format_2_ids_still_verify_without_probabilities() -> None:
+    # Issued before ids carried the answered probabilities (issue 24): 8 random bytes.
+    clock = Clock()
+    body = struct.pack(">B8sIBH4s", 2, b"r" * 8, int(clock.now), 1, 4, bytes.fromhex("a1b2c3d4"))
+    token = (body + hmac.new(KEY, body, hashlib.sha256).digest()[:12]).hex()
+    verified = PredictionIds(KEY, clock=clock).verify(token)
+    assert (verified.predicted, verified.model_version, verified.caller) == (1, "4", "a1b2c3d4")
+    assert verified.probabilities is None
+
+
+def test_an_id_carries_the_answered_probabilities_to_a_255th() -> None:
+    ids = PredictionIds(KEY)
+    answered = (0.8123, 0.15, 0.0377)
+    verified = ids.verify(ids.issue(0, "3", key_id("alice-key"), answered))
+    assert verified.probabilities is not None
+    assert all(abs(a - b) <= 1 / 255 for a, b in zip(verified.probabilities, answered, strict=True))
+    assert verified.issued_to(key_id("alice-key"))
+
+
 def test_a_version_that_is_not_a_registry_number_is_carried_as_unknown() -> None:
     ids = PredictionIds(KEY)
     assert ids.verify(ids.issue(0, "runs:/abc/model")).model_version is None
@@ -83,7 +102,7 @@ def test_forged_malformed_and_expired_ids_are_refused_with_their_reason() -> Non
     assert reason(PredictionIds(OTHER, clock=clock), token) == "forged"
     flipped = token[:20] + ("0" if token[20] != "0" else "1") + token[21:]  # the class byte
     assert reason(ids, flipped) == "forged"
-    for bad in ("abc123", token[:-2], token + "00", "zz" * 32, "03" + token[2:]):
+    for bad in ("abc123", token[:-2], token + "00", "zz" * 32, "04" + token[2:]):
         assert reason(ids, bad) == "malformed", bad
     clock.now += 59
     assert ids.verify(token).remaining(clock.now) == pytest.approx(1)
