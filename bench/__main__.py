@@ -1,10 +1,12 @@
 """`python -m bench [--quick] [--rounds N] [--out results/bench]`: Lungwatch against bare MLflow
-and BentoML on the same registered model (issues 7 and 11).
+and BentoML on the same registered model (issues 7 and 11), and Lungwatch with a challenger in
+shadow or canary, and while its champion is swapped, against Lungwatch alone (issue 23).
 
 Builds (once) the pinned BentoML venv, trains the default model (the seed's forest) into a
-temporary MLflow store, then, round by round, starts each system alone on the machine, checks
-its first answer against the registered pipeline's, loads it, records what it cost and stops
-it. The order of systems rotates each round so none always runs first (cold page cache) or last.
+temporary MLflow store (and, for the rollout systems, a second version with another seed as
+@challenger), then, round by round, starts each system alone on the machine, checks its first
+answer against the registered pipeline's, loads it, records what it cost and stops it. The
+order of systems rotates each round so none always runs first (cold page cache) or last.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from bench import bentoml_env, report
@@ -39,8 +42,11 @@ from bench.systems import (
     Serving,
     Sink,
     SystemSpec,
+    counter_delta,
     request_body,
+    rollout_counters,
     start_system,
+    wait_for_challenger,
 )
 from devtools.procs import PYTHON, REPO_ROOT, TrainedModel, cpu_seconds, memory, train_model
 
@@ -59,12 +65,31 @@ class Plan:
     # The machine may be shared: before a run, wait up to this long for other load to drop
     # under QUIET_LOAD, so fewer runs overlap someone else's burst of work.
     quiet_wait_seconds: float = 5.0
+    # The hot swap's one open-loop run: steady for `swap_hold_seconds`, @champion moved, held
+    # that long once the new version serves, moved back, held again, then the run is stopped
+    # (at the latest after `swap_max_seconds`). A swap (1 s poll, fetch and gate in a child,
+    # load, smoke check) takes ~5 s on a quiet machine: ~35 s a run, ~24 s of it steady.
+    swap_hold_seconds: float = 8.0
+    swap_max_seconds: float = 120.0
 
 
 QUIET_LOAD = 0.10
+# The rollout systems (8) and (9) only compare with (4): the loads issue 23's targets name (8
+# connections, 50 req/s) and one step up each, not the whole ladder (~50 s a round each
+# instead of ~110; `--rollout-loads all` runs the plan's).
+SHORT_CONCURRENCIES = (8, 64)
+SHORT_RATES = (50.0, 200.0)
+HOT_SWAP_RATE = 200.0
+# Requests sent until this long after the new version's first answer count as "during the
+# swap": the backlog the swap left drains in that time at 200 req/s.
+SWAP_TAIL_S = 1.0
+# The second version: the same forest trained with another seed (a real candidate answers
+# some rows differently, so the canary's answers are honest about which version scored).
+CHALLENGER_SEED = 7
 
 
-# Full: ~110 s per system per round, so 3 rounds of 7 systems take 40-45 minutes.
+# Full: ~110 s per system per round for (1)-(7), ~50 s for each of (8)-(10): 3 rounds take
+# 48-53 minutes.
 FULL = Plan(rounds=3, warmup_seconds=3, closed_seconds=6, open_seconds=10)
 # Quick: one short round, ~7 minutes with training, proving every system starts and every
 # load runs.
@@ -77,7 +102,20 @@ QUICK = Plan(
     open_seconds=4,
     pause_seconds=0.3,
     quiet_wait_seconds=0,
+    swap_hold_seconds=4,
 )
+
+
+def plan_for(spec: SystemSpec, plan: Plan, rollout_loads: str = "short") -> Plan:
+    """The loads one system runs: the rollout systems a short set (the plan's, when it has
+    none of those loads, e.g. `--concurrencies 1`)."""
+    if spec.loads != "short" or rollout_loads == "all":
+        return plan
+    concurrencies = tuple(c for c in plan.concurrencies if c in SHORT_CONCURRENCIES)
+    rates = tuple(r for r in plan.rates if r in SHORT_RATES)
+    return replace(
+        plan, concurrencies=concurrencies or plan.concurrencies, rates=rates or plan.rates
+    )
 
 
 def round_order(systems: Sequence[SystemSpec], round_index: int) -> list[SystemSpec]:
@@ -112,8 +150,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for the Lungwatch processes of systems 4-6, e.g. "
+        help="extra environment for the Lungwatch processes of systems 4-10, e.g. "
         "LUNGWATCH_GATEWAY_BATCH_MAX_ROWS=32 (repeatable; a system's own setting wins)",
+    )
+    parser.add_argument(
+        "--rollout-loads",
+        choices=("short", "all"),
+        default="short",
+        help="loads of the shadow and canary systems: closed loop at 8 and 64 connections and "
+        "open loop at 50 and 200 req/s (short, the default), or the whole plan (all)",
     )
     parser.add_argument(
         "--render",
@@ -167,8 +212,15 @@ def busy_cpu_seconds() -> float:
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0))
 
 
-def run_load(spec: dict[str, Any], system: RunningSystem, sink_pid: int | None) -> dict[str, Any]:
-    """One load run in its own process, with the servers' CPU time around it.
+def run_load(
+    spec: dict[str, Any],
+    system: RunningSystem,
+    sink_pid: int | None,
+    during: Callable[[subprocess.Popen[str]], Any] | None = None,
+) -> dict[str, Any]:
+    """One load run in its own process, with the servers' CPU time around it; `during` runs
+    in the harness while the load does (the hot swap's alias moves), its return value kept
+    as the result's "during".
 
     Also measures the machine's other load: busy CPU not spent by the servers, the load
     client, the OTLP sink or this harness. The machine may be shared, and a run next to
@@ -184,13 +236,20 @@ def run_load(spec: dict[str, Any], system: RunningSystem, sink_pid: int | None) 
     self_before = resource.getrusage(resource.RUSAGE_SELF)
     busy_before = busy_cpu_seconds()
     wall_before = time.monotonic()
-    done = subprocess.run(
+    load = subprocess.Popen(
         [PYTHON, "-m", "bench.load", json.dumps(spec)],
         cwd=REPO_ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=spec["duration_s"] + 120,
     )
+    try:
+        side = during(load) if during else None
+        stdout, stderr = load.communicate(timeout=spec["duration_s"] + 120)
+    except BaseException:
+        load.kill()
+        load.communicate()
+        raise
     wall = time.monotonic() - wall_before
     busy = busy_cpu_seconds() - busy_before
     cpu_used = cpu_seconds(pids) - cpu_before
@@ -200,9 +259,11 @@ def run_load(spec: dict[str, Any], system: RunningSystem, sink_pid: int | None) 
     others_used = cpu_seconds(others) - others_before
     harness_used = _rusage_delta(resource.getrusage(resource.RUSAGE_CHILDREN), children_before)
     harness_used += _rusage_delta(resource.getrusage(resource.RUSAGE_SELF), self_before)
-    if done.returncode != 0:
-        raise RuntimeError(f"load run {spec} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    if load.returncode != 0:
+        raise RuntimeError(f"load run {spec} failed:\n{stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    if during is not None:
+        result["during"] = side
     result["server_cpu_s"] = cpu_used
     if result["requests"]:
         result["cpu_ms_per_request_by_process"] = {
@@ -251,17 +312,20 @@ def measure(
         "cold_start_s": system.cold_start_s,
         "memory_started": memory(system.server_pids),
         "open_rates_planned": list(plan.rates),
+        "loads": system.spec.loads,
     }
     base = {"url": system.url, "payloads": str(payloads)}
-    # Warm-up: first requests pay lazy imports, first-call caches and pool connects.
-    run_load(
-        {**base, "mode": "closed", "concurrency": 8, "duration_s": plan.warmup_seconds},
-        system,
-        sink_pid,
-    )
-    # Idle: loaded and warmed, no request in flight (what a quiet production process holds).
-    time.sleep(plan.pause_seconds)
+    warm_up(system, plan, base, sink_pid)
     out["memory_idle"] = memory(system.server_pids)
+
+    def run(spec: dict[str, Any]) -> dict[str, Any]:
+        if system.spec.rollout_mode == "off":
+            return run_load(spec, system, sink_pid)
+        before = rollout_counters(system.gateway_url)
+        result = run_load(spec, system, sink_pid)
+        result["rollout"] = counter_delta(before, rollout_counters(system.gateway_url))
+        return result
+
     peak: dict[str, int] = {}
 
     def sample_memory() -> None:
@@ -275,7 +339,7 @@ def measure(
     for concurrency in plan.concurrencies:
         waited = settle(plan, quiet_pids)
         spec = {**base, "mode": "closed", "concurrency": concurrency}
-        result = run_load({**spec, "duration_s": plan.closed_seconds}, system, sink_pid)
+        result = run({**spec, "duration_s": plan.closed_seconds})
         result["quiet_wait_s"] = waited
         sample_memory()
         out["closed"].append(result)
@@ -291,7 +355,7 @@ def measure(
         # The same seed for every system in a round: identical arrival schedules.
         seed = 1000 * (round_index + 1) + int(rate)
         spec = {**base, "mode": "open", "rate": rate, "seed": seed}
-        result = run_load({**spec, "duration_s": plan.open_seconds}, system, sink_pid)
+        result = run({**spec, "duration_s": plan.open_seconds})
         result["quiet_wait_s"] = waited
         sample_memory()
         out["open"].append(result)
@@ -305,6 +369,119 @@ def measure(
             break  # a higher rate would only measure a deeper backlog
     out["memory_loaded"] = peak
     return out
+
+
+def warm_up(
+    system: RunningSystem, plan: Plan, base: Mapping[str, Any], sink_pid: int | None
+) -> None:
+    """First requests pay lazy imports, first-call caches and pool connects; then a pause, so
+    the idle memory that follows has no request in flight (what a quiet process holds)."""
+    run_load(
+        {**base, "mode": "closed", "concurrency": 8, "duration_s": plan.warmup_seconds},
+        system,
+        sink_pid,
+    )
+    time.sleep(plan.pause_seconds)
+
+
+def measure_hot_swap(
+    system: RunningSystem,
+    plan: Plan,
+    payloads: Path,
+    round_index: int,
+    log: Any,
+    serving: Serving,
+    sink_pid: int | None = None,
+) -> dict[str, Any]:
+    """One open-loop run at 200 req/s during which @champion moves to the second version and,
+    once that one serves and a steady stretch has passed, back; per-request send times,
+    latencies and versions place every request inside or outside a swap."""
+    out: dict[str, Any] = {
+        "cold_start_s": system.cold_start_s,
+        "memory_started": memory(system.server_pids),
+        "loads": system.spec.loads,
+    }
+    base = {"url": system.url, "payloads": str(payloads)}
+    warm_up(system, plan, base, sink_pid)
+    out["memory_idle"] = memory(system.server_pids)
+    waited = settle(plan, [*system.server_pids, *([sink_pid] if sink_pid else [])])
+    spec = {
+        **base,
+        "mode": "open",
+        "rate": HOT_SWAP_RATE,
+        "seed": 1000 * (round_index + 1) + int(HOT_SWAP_RATE),
+        "duration_s": plan.swap_max_seconds,
+        "record": True,
+        "stoppable": True,
+    }
+    result = run_load(
+        spec, system, sink_pid, lambda load: move_champion(system, serving, plan, load)
+    )
+    moves = result.pop("during")
+    records = result.pop("records")
+    result["quiet_wait_s"] = waited
+    result["swaps"] = report.swap_summary(records, moves, SWAP_TAIL_S)
+    out["memory_loaded"] = memory(system.server_pids)
+    out["hot_swap"] = result
+    swaps = result["swaps"]
+    p99_in, p99_out = swaps.get("p99_during_ms"), swaps.get("p99_outside_ms")
+    to_answer = ", ".join(
+        f"v{w['to']} {w['seconds_to_answer']:.1f} s" if w["answered"] else f"v{w['to']} NEVER"
+        for w in swaps["windows"]
+    )
+    log(
+        f"    hot swap at {HOT_SWAP_RATE:g}/s achieved {result['achieved_rps']:6.1f}  move to "
+        f"first answer: {to_answer}  p99 during {p99_in or float('nan'):6.1f} ms, outside "
+        f"{p99_out or float('nan'):6.1f} ms  errors {result['errors']}  "
+        f"other load {100 * (result['foreign_load'] or 0):3.0f}%"
+    )
+    return out
+
+
+def move_champion(
+    system: RunningSystem, serving: Serving, plan: Plan, load: subprocess.Popen[str]
+) -> list[dict[str, Any]]:
+    """In the harness, while the hot swap's load runs: hold, @champion to the second version,
+    wait until the model server serves it, hold, back, hold, and stop the load. The alias is
+    put back whatever happens, so the next system serves the first version again."""
+    from mlflow.tracking import MlflowClient
+
+    from contract.settings import REGISTERED_MODEL_NAME, SERVING_ALIAS
+
+    if serving.challenger is None:
+        raise RuntimeError("the hot swap needs a second registered version")
+    client = MlflowClient(tracking_uri=serving.model.tracking_uri)
+    first, second = serving.model.version, serving.challenger.version
+    hold = plan.swap_hold_seconds
+    # Leave room for the move back and the steady stretch after it before the load's own end.
+    deadline = time.monotonic() + plan.swap_max_seconds - 2 * hold - 2
+    moves: list[dict[str, Any]] = []
+    try:
+        time.sleep(hold)
+        for old, new in ((first, second), (second, first)):
+            moved_at = time.monotonic()
+            client.set_registered_model_alias(REGISTERED_MODEL_NAME, SERVING_ALIAS, new)
+            set_s = time.monotonic() - moved_at
+            seen_at = served_version_seen(system.model_server_url, new, deadline)
+            moves.append({"from": old, "to": new, "moved_at": moved_at, "alias_set_s": set_s,
+                          "served_seen_at": seen_at})  # fmt: skip
+            time.sleep(hold)
+    finally:
+        client.set_registered_model_alias(REGISTERED_MODEL_NAME, SERVING_ALIAS, first)
+        if load.poll() is None:
+            load.send_signal(signal.SIGUSR1)
+    return moves
+
+
+def served_version_seen(model_server_url: str, version: str, deadline: float) -> float | None:
+    """When the model server's GET /model first names `version` (polled every 0.25 s: a
+    coarse signal to pace the moves; the requests' own answers date the swap)."""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if httpx.get(f"{model_server_url}/model", timeout=2).json().get("version") == version:
+                return time.monotonic()
+        time.sleep(0.25)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -350,11 +527,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"BentoML venv {venv}")
         model = registered_model(args.store) if args.store else train_model(tmp / "store")
         files = model_files(model, tmp / "model")
-        serving = Serving(model, files, venv)
+        challenger = None
+        if any(s.needs_second_version for s in systems):
+            challenger = second_version(args.store, tmp / "store", log)
+        serving = Serving(model, files, venv, challenger)
         payloads = write_payloads(tmp)
         from contract.dataset import read_rows
 
-        reference = reference_answer(files, read_rows()[0].features)
+        first_row = read_rows()[0].features
+        reference = reference_answer(files, first_row)
+        # Each version's own pipeline answer: a canary's first answer may be the challenger's.
+        references = {model.version: reference}
+        if challenger is not None:
+            challenger_files = model_files(challenger, tmp / "challenger-model")
+            references[challenger.version] = reference_answer(challenger_files, first_row)
         if any(s.otlp for s in systems):
             sink = Sink(tmp)
         meta = {
@@ -365,11 +551,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_at_start": list(os.getloadavg()),
             "quick": args.quick,
             "model": f"{model.model_uri} v{model.version} (python -m model.train defaults)",
+            "challenger": f"{challenger.model_uri} v{challenger.version} "
+            + (
+                f"(from {args.store})"
+                if args.store
+                else f"(python -m model.train --seed {CHALLENGER_SEED} --alias challenger)"
+            )
+            if challenger
+            else None,
+            "rollout_loads": args.rollout_loads,
             "onnx_sha256": hashlib.sha256(files.onnx.read_bytes()).hexdigest()[:16],
             "bentoml": bentoml_env.requirements((REPO_ROOT / "uv.lock").read_text())
             if venv
             else None,
             "reference_answer": asdict(reference),
+            "reference_answers": {v: asdict(a) for v, a in references.items()},
             "labels": {s.key: s.label for s in systems},
             "lungwatch_env": {s.key: dict(s.env) for s in systems if s.kind == "lungwatch"},
             **{k: v for k, v in asdict(plan).items()},
@@ -381,7 +577,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             results: dict[str, Any] = {}
             for spec in order:
                 results[spec.key] = run_system(
-                    spec, serving, reference, tmp, sink, plan, payloads, round_index, log
+                    spec,
+                    serving,
+                    references,
+                    tmp,
+                    sink,
+                    plan_for(spec, plan, args.rollout_loads),
+                    payloads,
+                    round_index,
+                    log,
                 )
             # keep the listing order stable whatever the running order was
             rounds.append(
@@ -419,7 +623,7 @@ def render(json_path: Path) -> int:
 def run_system(
     spec: SystemSpec,
     serving: Serving,
-    reference: Answer,
+    references: Mapping[str, Answer],
     tmp: Path,
     sink: Sink | None,
     plan: Plan,
@@ -433,19 +637,36 @@ def run_system(
     system = start_system(spec, serving, tmp, sink.url if sink and spec.otlp else None, first)
     try:
         answer = normalize(spec.kind, system.first_answer)
+        reference = first_reference(spec, system.first_answer, references, serving.model.version)
         problem = mismatch(answer, reference)
         if problem:
             raise RuntimeError(
                 f"{spec.key} answers the first dataset row differently from the registered "
                 f"pipeline: {problem} ({answer} against {reference})"
             )
-        sink_before = sink.stats() if sink and spec.otlp else {}
         log(
             f"  first prediction {system.cold_start_s:.2f} s after start, matching the "
             f"pipeline's; {len(system.server_pids)} root process(es)"
         )
+        challenger_ready = None
+        if serving.challenger is not None and spec.rollout_mode != "off":
+            challenger_ready = wait_for_challenger(system, serving.challenger.version)
+            log(f"  challenger served {challenger_ready:.2f} s after start")
+        sink_before = sink.stats() if sink and spec.otlp else {}
         sink_pid = sink.process.pid if sink is not None else None
-        result = measure(system, plan, payloads[spec.kind], round_index, log, sink_pid)
+        if spec.loads == "hot_swap":
+            result = measure_hot_swap(
+                system, plan, payloads[spec.kind], round_index, log, serving, sink_pid
+            )
+        else:
+            result = measure(system, plan, payloads[spec.kind], round_index, log, sink_pid)
+        if challenger_ready is not None:
+            result["challenger_ready_s"] = challenger_ready
+        if serving.challenger is not None and spec.needs_second_version:
+            result["served_versions"] = {
+                "champion": serving.model.version,
+                "challenger": serving.challenger.version,
+            }
         result["first_answer"] = system.first_answer
         result["first_answer_max_diff"] = max(
             abs(a - b) for a, b in zip(answer.probabilities, reference.probabilities, strict=True)
@@ -464,19 +685,54 @@ def run_system(
         system.stop()
 
 
-def registered_model(workdir: Path) -> TrainedModel:
-    """The model the serving alias names in an existing store, as train_model describes one."""
+def registered_model(workdir: Path, model_uri: str | None = None) -> TrainedModel:
+    """The model an alias (the serving one by default) names in an existing store, as
+    train_model describes one."""
     from mlflow.tracking import MlflowClient
 
     from contract.settings import DEFAULT_MODEL_URI
 
     workdir = workdir.resolve()
     tracking_uri = f"sqlite:///{workdir / 'mlruns.db'}"
-    model_uri = DEFAULT_MODEL_URI
+    model_uri = model_uri or DEFAULT_MODEL_URI
     name, _, alias = model_uri.removeprefix("models:/").partition("@")
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
     return TrainedModel(tracking_uri, model_uri, str(version.version), str(version.run_id),
                         workdir, {})  # fmt: skip
+
+
+def second_version(store: Path | None, workdir: Path, log: Any) -> TrainedModel:
+    """@challenger: trained with another seed into the run's store (~25 s), or the one an
+    existing store (--store) already holds; the benchmark never writes into a given store."""
+    from bench.systems import CHALLENGER_URI
+
+    if store is None:
+        began = time.monotonic()
+        model = train_model(workdir, "--seed", str(CHALLENGER_SEED), "--alias", "challenger")
+        log(f"trained the second version (v{model.version}) in {time.monotonic() - began:.0f} s")
+        return model
+    try:
+        return registered_model(store, CHALLENGER_URI)
+    except Exception as exc:  # MLflow's own error names the missing alias
+        raise SystemExit(
+            f"{store} has no {CHALLENGER_URI} ({exc}): register one (MLFLOW_TRACKING_URI="
+            f"sqlite:///{store.resolve() / 'mlruns.db'} python -m model.train --alias challenger "
+            f"--seed {CHALLENGER_SEED}) or leave out the systems shadow, canary and hot_swap"
+        ) from None
+
+
+def first_reference(
+    spec: SystemSpec, body: Any, references: Mapping[str, Answer], champion: str
+) -> Answer:
+    """The answer a system's first prediction must match: the pipeline of the version that
+    Lungwatch says scored it (a canary may route the first row to the challenger)."""
+    version = str(body.get("model_version", champion)) if spec.kind == "lungwatch" else champion
+    if version not in references:
+        raise RuntimeError(
+            f"{spec.key}'s first answer names version {version}, which no benchmarked model "
+            f"is (versions {', '.join(sorted(references))})"
+        )
+    return references[version]
 
 
 def write_payloads(tmp: Path) -> dict[str, Path]:

@@ -8,6 +8,12 @@ harness, and it speaks HTTP itself because an httpx request costs ~0.3 ms of cli
 real share of a 2-core machine that also runs the servers. Open-loop latency is measured
 from each request's *scheduled* send time, so a server that falls behind is charged for the
 queue it causes (no coordinated omission).
+
+Every run counts its answers by the `model_version` they name (the canary's split); a spec
+with `"record": true` also returns one `[sent, latency_s, ok, version]` per request, `sent` on
+the machine's monotonic clock, so the harness can place each request against an alias move it
+made itself (the hot swap); with `"stoppable": true`, SIGUSR1 ends the schedule early (the
+harness stops the hot swap's run once its moves are done, however long they took).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -32,10 +39,22 @@ IDLE_EXPIRY_S = 3.0
 # Requests still unanswered this long after the last scheduled send count as timeouts:
 # long enough for a saturated system to drain a 200 req/s backlog, short enough to bound a run.
 DRAIN_TIMEOUT_S = 20.0
+# How Lungwatch's single-row answer names its version (pydantic's compact JSON).
+VERSION_KEY = b'"model_version":"'
 
 
 class HttpError(Exception):
     """A response the client cannot parse, or a connection closed mid-response."""
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler; the open loop sends no request scheduled after it."""
+
+    stopped: bool = False
+
+    def set(self) -> None:
+        self.stopped = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,17 @@ class Connection:
         self.writer.close()
 
 
+def answer_version(body: bytes) -> str | None:
+    """The `model_version` a Lungwatch answer names, found without parsing the JSON (a bytes
+    search costs well under a microsecond; json.loads would be a real share of the client)."""
+    start = body.find(VERSION_KEY)
+    if start < 0:
+        return None
+    start += len(VERSION_KEY)
+    end = body.find(b'"', start)
+    return body[start:end].decode(errors="replace") if end > start else None
+
+
 @dataclass
 class Recorder:
     """Latencies of successful requests and counts of everything else."""
@@ -122,15 +152,29 @@ class Recorder:
     errors: int = 0
     first_start: float = 0.0
     last_end: float = 0.0
+    versions: dict[str, int] = field(default_factory=dict)  # answers by the version they name
+    # [sent (monotonic clock), latency, 1 if answered, version or ""] per request, when asked
+    requests: list[tuple[float, float, int, str]] | None = None
+    # perf_counter -> monotonic (the same clock on Linux; measured, not assumed)
+    clock_offset: float = field(default_factory=lambda: time.monotonic() - time.perf_counter())
 
-    def record(self, status: int | str, latency: float, end: float) -> None:
+    def record(
+        self, status: int | str, latency: float, end: float, body: bytes = b"", sent: float = 0.0
+    ) -> None:
         key = str(status)
         self.statuses[key] = self.statuses.get(key, 0) + 1
+        version = ""
         if status == 200:
             self.latencies.append(latency)
+            version = answer_version(body) or ""
+            if version:
+                self.versions[version] = self.versions.get(version, 0) + 1
         else:
             self.errors += 1
         self.last_end = max(self.last_end, end)
+        if self.requests is not None:
+            ok = 1 if status == 200 else 0
+            self.requests.append((sent + self.clock_offset, latency, ok, version))
 
     def result(self, elapsed: float) -> dict[str, Any]:
         ok = len(self.latencies)
@@ -143,6 +187,8 @@ class Recorder:
             "elapsed_s": elapsed,
             "throughput_rps": ok / elapsed if elapsed > 0 else 0.0,
             "latency": latency_summary(self.latencies),
+            "versions": self.versions,
+            **({"records": self.requests} if self.requests is not None else {}),
         }
 
 
@@ -189,12 +235,13 @@ async def closed_loop(target: Target, concurrency: int, duration_s: float) -> di
             index += concurrency
             sent = time.perf_counter()
             status: int | str
+            body = b""
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT_S):
                     if conn is None:
                         conn = await Connection.open(target.host, target.port)
                     response = await conn.send(raw)
-                status = response.status
+                status, body = response.status, response.body
                 if not response.keep_alive:
                     conn.close()
                     conn = None
@@ -204,7 +251,7 @@ async def closed_loop(target: Target, concurrency: int, duration_s: float) -> di
                     conn.close()
                 conn = None
             end = time.perf_counter()
-            rec.record(status, end - sent, end)
+            rec.record(status, end - sent, end, body, sent)
         if conn is not None:
             conn.close()
 
@@ -221,14 +268,17 @@ async def open_loop(
     seed: int,
     max_connections: int = 256,
     drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    record: bool = False,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Requests sent on a seeded Poisson schedule at `rate`, whatever the server does.
 
     Latency runs from the scheduled send time. At most `max_connections` are open; a request
     finding none free waits for one, and that wait counts in its latency, as it would for a
-    real client whose requests pile up.
+    real client whose requests pile up. Once `stop` is set, the rest of the schedule is
+    dropped and the run lasted until then.
     """
-    rec = Recorder()
+    rec = Recorder(requests=[] if record else None)
     schedule = poisson_schedule(rate, duration_s, seed)
     idle: list[Connection] = []
     slots = asyncio.Semaphore(max_connections)
@@ -251,6 +301,7 @@ async def open_loop(
     async def one(index: int, scheduled: float) -> None:
         raw = target.requests[index % n]
         status: int | str
+        body = b""
         async with slots:
             conn = take_idle()
             try:
@@ -267,7 +318,7 @@ async def open_loop(
                             conn.close()
                             conn = await Connection.open(target.host, target.port)
                             response = await conn.send(raw)
-                status = response.status
+                status, body = response.status, response.body
                 if response.keep_alive:
                     idle.append(conn)
                 else:
@@ -277,9 +328,9 @@ async def open_loop(
                 if conn is not None:
                     conn.close()
             end = time.perf_counter()
-            rec.record(status, end - scheduled, end)
+            rec.record(status, end - scheduled, end, body, scheduled)
 
-    tasks: list[asyncio.Task[None]] = []
+    tasks: dict[asyncio.Task[None], float] = {}  # each request's task -> its scheduled send
     start = time.perf_counter() + 0.05
     late = 0
     for index, offset in enumerate(schedule):
@@ -289,12 +340,17 @@ async def open_loop(
             await asyncio.sleep(delay)
         elif delay < -0.005:
             late += 1  # the client itself could not keep the schedule
-        tasks.append(asyncio.create_task(one(index, due)))
+        if stop is not None and stop.stopped:
+            schedule = schedule[:index]
+            duration_s = offset
+            break
+        tasks[asyncio.create_task(one(index, due))] = due
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=drain_timeout_s)
         for task in pending:
             task.cancel()
-            rec.record("drain_timeout", 0.0, time.perf_counter())
+            now = time.perf_counter()
+            rec.record("drain_timeout", now - tasks[task], now, sent=tasks[task])
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
     for conn in idle:
@@ -309,9 +365,11 @@ async def open_loop(
         scheduled=len(schedule),
         # A seeded Poisson schedule holds rate×duration arrivals only on average: the rate
         # actually offered is what `achieved_rps` must be compared with.
-        offered_rps=len(schedule) / duration_s,
+        offered_rps=len(schedule) / duration_s if duration_s > 0 else 0.0,
         late_sends=late,
         achieved_rps=result["throughput_rps"],
+        duration_s=duration_s,
+        stopped_early=bool(stop and stop.stopped),
     )
     return result
 
@@ -334,10 +392,19 @@ async def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     with open(spec["payloads"], encoding="utf-8") as fh:
         bodies = [b.encode() for b in json.load(fh)]
     target = Target.from_url(spec["url"], bodies)
+    stop = None
+    if spec.get("stoppable"):
+        stop = StopFlag()
+        signal.signal(signal.SIGUSR1, lambda *_: stop.set())
     if spec["mode"] == "closed":
         return await closed_loop(target, int(spec["concurrency"]), float(spec["duration_s"]))
     result = await open_loop(
-        target, float(spec["rate"]), float(spec["duration_s"]), int(spec.get("seed", 1))
+        target,
+        float(spec["rate"]),
+        float(spec["duration_s"]),
+        int(spec.get("seed", 1)),
+        record=bool(spec.get("record")),
+        stop=stop,
     )
     result["kept"] = kept_rate(result)
     return result

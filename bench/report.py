@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devtools.stats import Spread, Target, evaluate_target, per_round_ratios, spread
+from devtools.stats import (
+    Spread,
+    Target,
+    evaluate_target,
+    per_round_ratios,
+    percentile,
+    spread,
+)
 
 LUNGWATCH, TELEMETRY_OFF, MLFLOW = "lungwatch", "telemetry_off", "mlflow"
 BENTOML, BENTOML_SKLEARN = "bentoml_onnx", "bentoml_sklearn"
 SAMPLED = "sampled"  # full telemetry except that 10 % of traces are sampled
+# Issue 23: (4) with a challenger shadowed at 100 % or answering a 50 % canary, and (4) while
+# its @champion alias is moved to another version and back.
+SHADOW, CANARY, HOT_SWAP = "shadow", "canary", "hot_swap"
 
 # Issue 11's targets, all inside one round with full telemetry on and every system serving the
 # same registered artifact; "BentoML" alone is BentoML serving the same ONNX file. System keys
@@ -159,6 +171,167 @@ EXTRA_RATIOS: tuple[tuple[str, str, str, str], ...] = (
 )  # fmt: skip
 
 
+# Issue 23's targets: the shadow's cost against Lungwatch alone in the same round, and the
+# hot swap's tail against the same run's tail outside the swaps.
+ROLLOUT_TARGETS: tuple[Target, ...] = (
+    Target(
+        "shadow_c8",
+        "shadow at 100 %: closed loop 8 connections, throughput shadow / alone ≥ 0.85",
+        SHADOW,
+        LUNGWATCH,
+        "throughput_c8",
+        0.85,
+        at_least=True,
+    ),
+    Target(
+        "shadow_p99_at_50",
+        "shadow at 100 %: open loop 50 req/s, p99 shadow / alone ≤ 1.2",
+        SHADOW,
+        LUNGWATCH,
+        "p99_at_50_ms",
+        1.2,
+        at_least=False,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class WithinTarget:
+    """A target on one system's own per-round figure (a ratio inside one of its runs)."""
+
+    key: str
+    text: str
+    system: str
+    figure: str
+    bound: float
+    at_least: bool
+    unit: str = "×"
+
+
+HOT_SWAP_TARGET = WithinTarget(
+    "hot_swap_p99",
+    "hot swap under 200 req/s: p99 of requests sent during the swaps / p99 outside them ≤ 2",
+    HOT_SWAP,
+    "swap_p99_ratio",
+    2.0,
+    at_least=False,
+)
+
+# Rollout figures worth reading that are not targets: the canary's cost, the shadow's beyond
+# the two loads the targets name.
+ROLLOUT_RATIOS: tuple[tuple[str, str, str, str], ...] = (
+    ("canary at 50 %: closed loop 8 connections, throughput canary / alone", CANARY, LUNGWATCH,
+     "throughput_c8"),
+    ("canary at 50 %: open loop 50 req/s, p99 canary / alone", CANARY, LUNGWATCH,
+     "p99_at_50_ms"),
+    ("canary at 50 %: closed loop 64 connections, throughput canary / alone", CANARY, LUNGWATCH,
+     "throughput_c64"),
+    ("canary at 50 %: open loop 200 req/s, p99 canary / alone", CANARY, LUNGWATCH,
+     "p99_at_200_ms"),
+    ("canary at 50 %: server CPU per request at 8 connections, canary / alone", CANARY,
+     LUNGWATCH, "cpu_ms_c8"),
+    ("shadow at 100 %: closed loop 64 connections, throughput shadow / alone", SHADOW, LUNGWATCH,
+     "throughput_c64"),
+    ("shadow at 100 %: open loop 200 req/s, p99 shadow / alone", SHADOW, LUNGWATCH,
+     "p99_at_200_ms"),
+    ("shadow at 100 %: server CPU per request at 8 connections, shadow / alone", SHADOW,
+     LUNGWATCH, "cpu_ms_c8"),
+)  # fmt: skip
+
+
+def swap_summary(
+    records: Sequence[Sequence[Any]], moves: Sequence[Mapping[str, Any]], tail_s: float
+) -> dict[str, Any]:
+    """Requests inside and outside the swaps of one hot-swap run, and their latencies.
+
+    `records`: [sent, latency_s, ok, version] per request (bench.load, monotonic clock);
+    `moves`: the harness's alias moves ({"from", "to", "moved_at"} on the same clock). A
+    swap's window runs from its move until `tail_s` after the first answer by the new
+    version ends (to the end of the run when the new version never answers); a request is
+    "during" when it was sent inside a window. Times in the result are seconds from the run's
+    first send.
+    """
+    out: dict[str, Any] = {"tail_s": tail_s, "windows": []}
+    if not records:
+        return out
+    origin = min(r[0] for r in records)
+    last_sent = max(r[0] for r in records)
+    spans: list[tuple[float, float]] = []
+    for i, move in enumerate(moves):
+        moved = float(move["moved_at"])
+        following = float(moves[i + 1]["moved_at"]) if i + 1 < len(moves) else math.inf
+        answers = [r[0] + r[1] for r in records if r[2] and r[3] == move["to"] and r[0] >= moved]
+        first = min(answers, default=None)
+        end = first + tail_s if first is not None else last_sent
+        spans.append((moved, end))
+        # An atomic swap answers every request sent after the new version's first answer
+        # with the new version (one model-server worker; each of several swaps on its own).
+        late_old = (
+            sum(1 for r in records if r[2] and r[3] == move["from"] and first < r[0] < following)
+            if first is not None
+            else 0
+        )
+        seen = move.get("served_seen_at")
+        out["windows"].append(
+            {
+                "from": move["from"],
+                "to": move["to"],
+                "moved_at_s": moved - origin,
+                "answered": first is not None,
+                "seconds_to_answer": None if first is None else first - moved,
+                "window_s": [moved - origin, end - origin],
+                "requests": sum(1 for r in records if moved <= r[0] <= end),
+                "old_version_after_new": late_old,
+                "served_seen_s": None if seen is None else float(seen) - moved,
+            }
+        )
+
+    def inside(sent: float) -> bool:
+        return any(start <= sent <= end for start, end in spans)
+
+    during = [r for r in records if inside(r[0])]
+    outside = [r for r in records if not inside(r[0])]
+    expected = {m["from"] for m in moves} | {m["to"] for m in moves}
+    versions: dict[str, int] = {}
+    for r in records:
+        if r[2]:
+            versions[r[3]] = versions.get(r[3], 0) + 1
+    out.update(
+        requests_during=len(during),
+        requests_outside=len(outside),
+        errors_during=sum(1 for r in during if not r[2]),
+        errors_outside=sum(1 for r in outside if not r[2]),
+        versions=versions,
+        unexpected_versions=sum(n for v, n in versions.items() if v not in expected),
+    )
+    for name, group in (("during", during), ("outside", outside)):
+        ms = [1000 * r[1] for r in group if r[2]]
+        out[f"p50_{name}_ms"] = percentile(ms, 50) if ms else None
+        out[f"p99_{name}_ms"] = percentile(ms, 99) if ms else None
+    p99_in, p99_out = out["p99_during_ms"], out["p99_outside_ms"]
+    out["p99_ratio"] = p99_in / p99_out if p99_in is not None and p99_out else None
+    out["timeline"] = swap_timeline(records, origin)
+    return out
+
+
+def swap_timeline(
+    records: Sequence[Sequence[Any]], origin: float, bucket_s: float = 0.5
+) -> list[list[float | None]]:
+    """[start s, requests, failed, p99 ms] per `bucket_s` of send time: where in a swap the
+    tail comes from (the JSON keeps this, not the ~7,000 requests of a run)."""
+    buckets: dict[int, list[Sequence[Any]]] = {}
+    for r in records:
+        buckets.setdefault(int((r[0] - origin) // bucket_s), []).append(r)
+    timeline: list[list[float | None]] = []
+    for index in sorted(buckets):
+        group = buckets[index]
+        ms = [1000 * r[1] for r in group if r[2]]
+        p99 = round(percentile(ms, 99), 2) if ms else None
+        failed = sum(1 for r in group if not r[2])
+        timeline.append([index * bucket_s, float(len(group)), float(failed), p99])
+    return timeline
+
+
 def _role(process_name: str) -> str | None:
     """Which Lungwatch process a name is, for the CPU split (other systems have one)."""
     if process_name.endswith("gateway"):
@@ -177,6 +350,7 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
         out[f"throughput_c{c}"] = run["throughput_rps"]
         out[f"cpu_ms_c{c}"] = run.get("cpu_ms_per_request")
         out[f"p50_c{c}_ms"] = (run.get("latency") or {}).get("p50_ms")
+        out.update(_rollout_figures(result, run, f"c{c}"))
     if closed:
         best = max(closed, key=lambda r: r["throughput_rps"])
         out["saturation_rps"] = best["throughput_rps"]
@@ -204,20 +378,26 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
         out[f"achieved_at_{rate}"] = run["achieved_rps"]
         out[f"kept_at_{rate}"] = 1.0 if run.get("kept") else 0.0
         out[f"cpu_ms_at_{rate}"] = run.get("cpu_ms_per_request")
+        out.update(_rollout_figures(result, run, f"at_{rate}"))
         if broken_at is None:
             if run.get("kept"):
                 max_kept = float(run["rate"])
             else:
                 broken_at = float(run["rate"])
-    if opened:
+    # A short set of rates (the rollout systems) is no ladder: its highest kept rate says
+    # nothing about the rates it was never offered.
+    if opened and result.get("loads", "all") == "all":
         out["max_kept_rate"] = max_kept
     # Rates above the one a system could not keep were never offered to it: not kept either.
     for rate in result.get("open_rates_planned", []):
         if broken_at is not None and rate > broken_at:
             out.setdefault(f"kept_at_{_rate_key(rate)}", 0.0)
+    swap = result.get("hot_swap")
+    if swap:
+        out.update(_swap_figures(swap))
     loads = [
         r["foreign_load"]
-        for r in [*closed, *result.get("open", [])]
+        for r in [*closed, *result.get("open", []), *([swap] if swap else [])]
         if r.get("foreign_load") is not None
     ]
     # The busiest moment matters: one disturbed run is enough to distort a median of few.
@@ -238,6 +418,53 @@ def figures(result: Mapping[str, Any]) -> dict[str, float | None]:
 
 def _rate_key(rate: float) -> str:
     return f"{rate:g}"
+
+
+def _rollout_figures(
+    result: Mapping[str, Any], run: Mapping[str, Any], label: str
+) -> dict[str, float | None]:
+    """Per run of a system with a challenger: the share answered by the challenger (from the
+    versions the answers name), and what the gateway's shadow and canary counters say."""
+    out: dict[str, float | None] = {}
+    served = result.get("served_versions") or {}
+    versions: Mapping[str, int] = run.get("versions") or {}
+    answered = sum(versions.values())
+    if served.get("challenger") and answered:
+        out[f"challenger_share_{label}"] = versions.get(served["challenger"], 0) / answered
+    counters: Mapping[str, float] = run.get("rollout") or {}
+    if not counters:
+        return out
+    if "shadow_scored" in counters or "shadow_dropped" in counters:
+        ok = run.get("ok") or 0
+        scored = counters.get("shadow_scored", 0.0)
+        out[f"shadow_scored_share_{label}"] = scored / ok if ok else None
+        for outcome in ("dropped", "failed", "no_challenger"):
+            out[f"shadow_{outcome}_{label}"] = counters.get(f"shadow_{outcome}", 0.0)
+    out[f"canary_fallbacks_{label}"] = counters.get("canary_fallbacks", 0.0)
+    return out
+
+
+def _swap_figures(swap: Mapping[str, Any]) -> dict[str, float | None]:
+    summary: Mapping[str, Any] = swap.get("swaps") or {}
+    windows: Sequence[Mapping[str, Any]] = summary.get("windows") or []
+    to_answer = [w["seconds_to_answer"] for w in windows if w["answered"]]
+    return {
+        "swap_p99_ratio": summary.get("p99_ratio"),
+        "swap_p99_during_ms": summary.get("p99_during_ms"),
+        "swap_p99_outside_ms": summary.get("p99_outside_ms"),
+        "swap_p50_during_ms": summary.get("p50_during_ms"),
+        "swap_p50_outside_ms": summary.get("p50_outside_ms"),
+        "swap_seconds_to_answer_max": max(to_answer) if to_answer else None,
+        "swap_moves": float(len(windows)),
+        "swap_unanswered": float(sum(1 for w in windows if not w["answered"])),
+        "swap_old_version_after_new": float(sum(w["old_version_after_new"] for w in windows)),
+        "swap_requests_during": summary.get("requests_during"),
+        "swap_requests_outside": summary.get("requests_outside"),
+        "swap_errors": float(swap.get("errors", 0)),
+        "swap_unexpected_versions": summary.get("unexpected_versions"),
+        "swap_achieved_rps": swap.get("achieved_rps"),
+        "swap_kept": 1.0 if swap.get("kept") else 0.0,
+    }
 
 
 def round_figures(rounds: Sequence[Mapping[str, Any]]) -> list[dict[str, dict[str, float | None]]]:
@@ -292,14 +519,74 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             s = spread(r.get(system, {}).get(name) for r in per_round)
             summary[system][name] = s.as_dict() if s else None
     targets = [evaluate(t, per_round) for t in TARGETS]
-    extras = []
-    for text, num, den, figure in EXTRA_RATIOS:
+    rollout = [evaluate(t, per_round) for t in ROLLOUT_TARGETS]
+    rollout.append(evaluate_hot_swap(HOT_SWAP_TARGET, per_round))
+    return {
+        "per_round": per_round,
+        "systems": summary,
+        "targets": targets,
+        "ratios": _ratios(EXTRA_RATIOS, per_round),
+        "rollout_targets": rollout,
+        "rollout_ratios": _ratios(ROLLOUT_RATIOS, per_round),
+    }
+
+
+def _ratios(
+    table: Sequence[tuple[str, str, str, str]],
+    per_round: Sequence[Mapping[str, Mapping[str, float | None]]],
+) -> list[dict[str, Any]]:
+    out = []
+    for text, num, den, figure in table:
         values = per_round_ratios(
             [{k: v.get(figure) for k, v in r.items()} for r in per_round], num, den
         )
         s = spread(values)
-        extras.append({"text": text, "per_round": values, "value": s.as_dict() if s else None})
-    return {"per_round": per_round, "systems": summary, "targets": targets, "ratios": extras}
+        out.append({"text": text, "per_round": values, "value": s.as_dict() if s else None})
+    return out
+
+
+def evaluate_within(
+    target: WithinTarget, per_round: Sequence[Mapping[str, Mapping[str, float | None]]]
+) -> dict[str, Any]:
+    """Met or not from the median over rounds of one system's own figure."""
+    values = [r.get(target.system, {}).get(target.figure) for r in per_round]
+    summary = spread(values)
+    met: bool | None = None
+    if summary is not None:
+        met = summary.median >= target.bound if target.at_least else summary.median <= target.bound
+    return {
+        "key": target.key,
+        "text": target.text,
+        "bound": target.bound,
+        "at_least": target.at_least,
+        "unit": target.unit,
+        "per_round": values,
+        "value": summary.as_dict() if summary else None,
+        "met": met,
+    }
+
+
+def evaluate_hot_swap(
+    target: WithinTarget, per_round: Sequence[Mapping[str, Mapping[str, float | None]]]
+) -> dict[str, Any]:
+    """The tail ratio, failed outright when a moved alias was never answered by its version;
+    failed requests and wrong versions are named beside it."""
+    result = evaluate_within(target, per_round)
+    figures = [r[target.system] for r in per_round if target.system in r]
+    notes = []
+    unanswered = sum(f.get("swap_unanswered") or 0 for f in figures)
+    if unanswered:
+        result["met"] = False
+        notes.append(f"{unanswered:.0f} move(s) never answered by the new version")
+    errors = sum(f.get("swap_errors") or 0 for f in figures)
+    if errors:
+        notes.append(f"{errors:.0f} failed request(s)")
+    wrong = sum(f.get("swap_unexpected_versions") or 0 for f in figures)
+    if wrong:
+        notes.append(f"{wrong:.0f} answer(s) by a version never moved to")
+    if notes:
+        result["note"] = "; ".join(notes)
+    return result
 
 
 # --- markdown ------------------------------------------------------------------------------
@@ -335,7 +622,17 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
     meta = data["meta"]
     summary = data["summary"]
     labels: dict[str, str] = meta["labels"]
-    systems = [s for s in labels if s in summary["systems"]]
+    everything = [s for s in labels if s in summary["systems"]]
+    # The per-system tables show the systems that ran closed- or open-loop loads (the hot
+    # swap's one run has its own table).
+    systems = [
+        s
+        for s in everything
+        if any(
+            v is not None and k.startswith(("throughput_c", "p99_at_"))
+            for k, v in summary["systems"][s].items()
+        )
+    ]
     lines = [
         f"# Lungwatch benchmark ({'quick smoke run' if meta['quick'] else 'full run'})",
         "",
@@ -350,6 +647,11 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
         lines.append(
             f"- BentoML venv: {', '.join(meta['bentoml'])}; adaptive batching on (max batch "
             "32, one worker); ONNX on onnxruntime with one thread"
+        )
+    if meta.get("challenger"):
+        lines.append(
+            f"- second version (the challenger of (8) and (9), and the version (10)'s "
+            f"@champion is moved to): {meta['challenger']}"
         )
     if meta.get("onnx_sha256"):
         lines.append(
@@ -377,6 +679,7 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
     lines += ["", "| other ratio | measured |", "|---|---|"]
     for ratio in summary["ratios"]:
         lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
+    lines += rollout_markdown(data, everything)
 
     lines += [
         "",
@@ -467,6 +770,104 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def rollout_markdown(data: Mapping[str, Any], systems: Sequence[str]) -> list[str]:
+    """Issue 23's section: its targets, the canary's and shadow's ratios to Lungwatch alone,
+    what the gateway did with the challenger's share, and the hot swap round by round."""
+    summary = data["summary"]
+    labels: dict[str, str] = data["meta"]["labels"]
+    rollout = [s for s in systems if s in (SHADOW, CANARY, HOT_SWAP)]
+    if not rollout and not summary.get("rollout_targets"):
+        return []
+    lines = [
+        "",
+        "## Rollout (issue 23): challenger in shadow and canary, hot swap",
+        "",
+        "Against (4) Lungwatch alone in the same round; the hot swap against the same run's "
+        "requests outside the swaps.",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+    ]
+    for target in summary.get("rollout_targets", []):
+        measured, verdict = fmt_target(target)
+        lines.append(f"| {target['text']} | {measured} | {verdict} |")
+    lines += ["", "| other ratio (no target) | measured |", "|---|---|"]
+    for ratio in summary.get("rollout_ratios", []):
+        lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
+
+    with_challenger = [s for s in rollout if s != HOT_SWAP]
+    if with_challenger:
+        lines += [
+            "",
+            "What the gateway did with the challenger's share (answers counted by the "
+            "`model_version` they name; shadow rows and canary fallbacks from the gateway's "
+            "own counters, read before and after each run):",
+            "",
+            "| system | answered by the challenger, 8 connections | at 50 req/s "
+            "| shadow rows scored per answered request, 8 connections | at 50 req/s "
+            "| shadow rows dropped / failed / no challenger, 8 connections "
+            "| canary fallbacks, 8 connections |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for s in with_challenger:
+
+        def g(name: str, digits: int, scale: float = 1.0, s: str = s) -> str:
+            return fmt_spread(_get(summary, s, name), digits, scale)
+
+        lines.append(
+            f"| {labels[s]} | {g('challenger_share_c8', 0, 100)} % "
+            f"| {g('challenger_share_at_50', 0, 100)} % | {g('shadow_scored_share_c8', 2)} "
+            f"| {g('shadow_scored_share_at_50', 2)} "
+            f"| {g('shadow_dropped_c8', 0)} / {g('shadow_failed_c8', 0)} "
+            f"/ {g('shadow_no_challenger_c8', 0)} "
+            f"| {g('canary_fallbacks_c8', 0)} |"
+        )
+
+    swaps = [
+        (i + 1, round_["systems"][HOT_SWAP]["hot_swap"])
+        for i, round_ in enumerate(data.get("rounds", []))
+        if round_["systems"].get(HOT_SWAP, {}).get("hot_swap")
+    ]
+    if swaps:
+        lines += [
+            "",
+            f"### Hot swap: {labels.get(HOT_SWAP, HOT_SWAP)}",
+            "",
+            "One open-loop run per round; @champion moved to the second version once the run "
+            "was steady and back once that version served. A request is *during* a swap when "
+            "it was sent between the alias move and "
+            f"{swaps[0][1]['swaps'].get('tail_s', 1):g} s after the new version's first "
+            "answer.",
+            "",
+            "| round | alias move → first answer by the new version, s | requests during / "
+            "outside | p50 during / outside, ms | p99 during / outside, ms | p99 ratio "
+            "| failed requests | old-version answers after the new one answered |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+    for round_number, run in swaps:
+        sw = run["swaps"]
+        moved = ", ".join(
+            f"v{w['from']}→v{w['to']} {w['seconds_to_answer']:.1f}"
+            if w["answered"]
+            else f"v{w['from']}→v{w['to']} never"
+            for w in sw["windows"]
+        )
+
+        def ms(name: str, sw: Mapping[str, Any] = sw) -> str:
+            value = sw.get(name)
+            return "—" if value is None else f"{value:.1f}"
+
+        ratio = sw.get("p99_ratio")
+        late = sum(w["old_version_after_new"] for w in sw["windows"])
+        lines.append(
+            f"| {round_number} | {moved} | {sw.get('requests_during', 0)} / "
+            f"{sw.get('requests_outside', 0)} | {ms('p50_during_ms')} / {ms('p50_outside_ms')} "
+            f"| {ms('p99_during_ms')} / {ms('p99_outside_ms')} "
+            f"| {'—' if ratio is None else f'{ratio:.2f}×'} | {run.get('errors', 0)} | {late} |"
+        )
+    return lines
+
+
 def p99_curves(data: Mapping[str, Any]) -> dict[str, list[tuple[float, float, bool]]]:
     """Per system: (offered rate, median p99 ms, kept in most rounds) up to the first rate it
     did not keep in most rounds (a higher rate's median would rest on the few rounds that got
@@ -549,9 +950,10 @@ def other_load_line(rounds: Sequence[Mapping[str, Any]]) -> str:
         run["foreign_load"]
         for round_ in rounds
         for result in round_["systems"].values()
-        for run in [*result.get("closed", []), *result.get("open", [])]
+        for run in [*result.get("closed", []), *result.get("open", []),
+                    *([result["hot_swap"]] if result.get("hot_swap") else [])]
         if run.get("foreign_load") is not None
-    ]
+    ]  # fmt: skip
     if not loads:
         return "- other load on the machine: not measured"
     s = spread(loads)

@@ -4,9 +4,11 @@
 file on onnxruntime and (3) the registered scikit-learn pipeline, each in the bench's own
 venv; (4) the full Lungwatch path with telemetry exported over OTLP, (5) the same with the
 OTel SDK disabled, (6) the same with micro-batching off, (7) full telemetry except that only
-10 % of traces are sampled. Every system serves the one model trained at the start of the
-run, and its cold start runs from its first process's start to its first successful
-prediction.
+10 % of traces are sampled; (8) and (9) Lungwatch with a challenger beside the champion,
+shadowed at 100 % and answering a 50 % canary, and (10) Lungwatch while @champion is moved to
+another version and back under load (issue 23). Every system serves the one model trained at
+the start of the run (the rollout systems also a second one, trained with another seed), and
+its cold start runs from its first process's start to its first successful prediction.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Literal
 import httpx
 
 from bench.artifacts import ModelFiles
+from contract.settings import CHALLENGER_ALIAS, REGISTERED_MODEL_NAME
 from devtools.procs import (
     PYTHON,
     REPO_ROOT,
@@ -37,6 +40,10 @@ from devtools.procs import (
 
 Kind = Literal["mlflow", "bentoml", "lungwatch"]
 KINDS: tuple[Kind, ...] = ("mlflow", "bentoml", "lungwatch")
+# Which loads a system runs: the plan's, a shorter set (bench.__main__.SHORT_*) for the
+# rollout systems that only compare against (4), or the hot swap's one open-loop run.
+Loads = Literal["all", "short", "hot_swap"]
+CHALLENGER_URI = f"models:/{REGISTERED_MODEL_NAME}@{CHALLENGER_ALIAS}"
 SERVICE_FILE = REPO_ROOT / "bench" / "bentoml_service.py"
 # How often a starting system is asked for its first prediction: fine enough for cold starts
 # of about a second, coarse enough not to slow the start it measures.
@@ -52,6 +59,17 @@ class SystemSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     otlp: bool = False
     service: str = ""  # bentoml: the service class in bench/bentoml_service.py
+    loads: Loads = "all"
+
+    @property
+    def needs_second_version(self) -> bool:
+        """Whether the registry must hold a second version: a challenger to serve, or the
+        version @champion is moved to."""
+        return self.loads == "hot_swap" or "LUNGWATCH_MODEL_SERVER_CHALLENGER_URI" in self.env
+
+    @property
+    def rollout_mode(self) -> str:
+        return self.env.get("LUNGWATCH_GATEWAY_ROLLOUT_MODE", "off")
 
 
 SYSTEMS: tuple[SystemSpec, ...] = (
@@ -87,6 +105,41 @@ SYSTEMS: tuple[SystemSpec, ...] = (
         env={"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
         otlp=True,
     ),
+    # Issue 23: (4) with a challenger (another seed's forest) served beside the champion by
+    # the same model server; both settings reach both processes, each reads its own prefix.
+    SystemSpec(
+        "shadow",
+        "(8) Lungwatch + shadow 100 %",
+        "lungwatch",
+        env={
+            "LUNGWATCH_MODEL_SERVER_CHALLENGER_URI": CHALLENGER_URI,
+            "LUNGWATCH_GATEWAY_ROLLOUT_MODE": "shadow",
+            "LUNGWATCH_GATEWAY_ROLLOUT_PERCENT": "100",
+        },
+        otlp=True,
+        loads="short",
+    ),
+    SystemSpec(
+        "canary",
+        "(9) Lungwatch + canary 50 %",
+        "lungwatch",
+        env={
+            "LUNGWATCH_MODEL_SERVER_CHALLENGER_URI": CHALLENGER_URI,
+            "LUNGWATCH_GATEWAY_ROLLOUT_MODE": "canary",
+            "LUNGWATCH_GATEWAY_ROLLOUT_PERCENT": "50",
+        },
+        otlp=True,
+        loads="short",
+    ),
+    SystemSpec(
+        "hot_swap",
+        "(10) Lungwatch, @champion moved and back under 200 req/s",
+        "lungwatch",
+        # A 1 s registry poll: the swap starts within a second of the alias move.
+        env={"LUNGWATCH_MODEL_SERVER_RELOAD_INTERVAL_SECONDS": "1"},
+        otlp=True,
+        loads="hot_swap",
+    ),
 )
 
 
@@ -97,6 +150,8 @@ class Serving:
     model: TrainedModel
     files: ModelFiles
     bentoml_venv: Path | None  # None when no BentoML system is benchmarked
+    # The second version (@challenger), when a benchmarked system needs one.
+    challenger: TrainedModel | None = None
 
 
 def request_body(kind: Kind, features: Sequence[int], columns: Sequence[str]) -> str:
@@ -116,10 +171,23 @@ class RunningSystem:
     processes: list[ManagedProcess]
     cold_start_s: float  # first process started -> first successful prediction
     first_answer: Any  # the body of that prediction
+    started_at: float = 0.0  # perf_counter when its first process started
 
     @property
     def server_pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    @property
+    def model_server_url(self) -> str:
+        """Lungwatch's model server (the hot swap asks it which version it serves)."""
+        for proc in self.processes:
+            if proc.name.endswith("model-server"):
+                return proc.url
+        raise RuntimeError(f"{self.spec.key} runs no Lungwatch model server")
+
+    @property
+    def gateway_url(self) -> str:
+        return self.url.removesuffix("/predict")
 
     def stop(self) -> None:
         # the gateway first, so it never reports a missing model server while stopping
@@ -145,7 +213,7 @@ def start_system(
         for proc in reversed(processes):
             proc.stop()
         raise
-    return RunningSystem(spec, url, processes, time.perf_counter() - began, answer)
+    return RunningSystem(spec, url, processes, time.perf_counter() - began, answer, began)
 
 
 def launch(proc: ManagedProcess, processes: list[ManagedProcess]) -> ManagedProcess:
@@ -292,6 +360,65 @@ def _start_lungwatch(
         processes,
     )
     return f"{front.url}/predict"
+
+
+def wait_for_challenger(system: RunningSystem, version: str) -> float:
+    """Seconds from the system's first process start until its model server serves `version`
+    as challenger: it loads the challenger after start-up (fetched and gated in a child), and
+    a run measured before then would shadow nothing and route no canary."""
+
+    def served() -> bool:
+        body = httpx.get(f"{system.model_server_url}/model", timeout=5).json()
+        challenger = body.get("challenger") or {}
+        return str(challenger.get("version")) == version
+
+    # polled at 0.25 s, not the cold start's 20 ms: this waits on a child process's import
+    deadline = time.monotonic() + COLD_START_TIMEOUT_S
+    while not served():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{system.spec.key}'s model server did not serve challenger v{version} within "
+                f"{COLD_START_TIMEOUT_S:g} s\n{system.processes[0].log_tail()}"
+            )
+        for proc in system.processes:
+            if not proc.running:
+                raise RuntimeError(f"{proc.name} exited:\n{proc.log_tail()}")
+        time.sleep(0.25)
+    return time.perf_counter() - system.started_at
+
+
+# What the gateway's rollout did with a run's requests, from its own counters (issue 23's
+# names): shadowed rows by outcome, and canary requests the champion answered instead.
+ROLLOUT_SAMPLES = {
+    "gateway_shadow_rows_total": "shadow_",  # + the outcome label
+    "gateway_canary_fallbacks_total": "canary_fallbacks",
+    "gateway_shadow_queue_rows": "shadow_queue_rows",
+}
+
+
+def rollout_counters(gateway_url: str) -> dict[str, float]:
+    """The gateway's rollout counters now, read from its /metrics (between runs, never
+    during one: nothing scrapes the systems while they are measured)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            prefix = ROLLOUT_SAMPLES.get(sample.name)
+            if prefix is None:
+                continue
+            name = prefix + sample.labels.get("outcome", "") if prefix.endswith("_") else prefix
+            out[name] = out.get(name, 0.0) + sample.value
+    return out
+
+
+def counter_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """What the counters gained over a run; the queue gauge as it was at the end."""
+    return {
+        name: value if name == "shadow_queue_rows" else value - before.get(name, 0.0)
+        for name, value in after.items()
+    }
 
 
 class Sink:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import bentoml_env
-from bench.__main__ import FULL, QUICK, round_order
+from bench.__main__ import FULL, QUICK, first_reference, plan_for, round_order
 from bench.artifacts import Answer, artifact_paths, code_on_path, code_path, mismatch, normalize
-from bench.systems import KINDS, SYSTEMS, request_body
+from bench.systems import KINDS, SYSTEMS, counter_delta, request_body
 from devtools.procs import REPO_ROOT
 
 LOCK = """
@@ -156,3 +158,47 @@ def test_plans_run_issue_11s_loads() -> None:
         assert plan.concurrencies == (1, 8, 64)
         assert plan.rates == (25, 50, 100, 200, 400, 800)
     assert FULL.rounds == 3 and QUICK.rounds == 1
+
+
+def spec(key: str) -> Any:
+    return next(s for s in SYSTEMS if s.key == key)
+
+
+def test_rollout_systems_run_the_short_loads_unless_asked_for_all() -> None:
+    shadow = plan_for(spec("shadow"), FULL)
+    assert (shadow.concurrencies, shadow.rates) == ((8, 64), (50, 200))
+    assert plan_for(spec("shadow"), FULL, "all") == FULL
+    assert plan_for(spec("lungwatch"), FULL) == FULL
+    narrow = plan_for(spec("canary"), replace(FULL, concurrencies=(8,), rates=(25, 50)))
+    assert (narrow.concurrencies, narrow.rates) == ((8,), (50,))
+    # none of the short loads planned: the plan's own, rather than no load at all
+    assert plan_for(spec("canary"), replace(FULL, concurrencies=(1,))).concurrencies == (1,)
+
+
+def test_which_systems_need_a_second_version() -> None:
+    needs = {s.key for s in SYSTEMS if s.needs_second_version}
+    assert needs == {"shadow", "canary", "hot_swap"}
+    assert (spec("shadow").rollout_mode, spec("canary").rollout_mode) == ("shadow", "canary")
+    assert spec("hot_swap").rollout_mode == "off" and spec("lungwatch").rollout_mode == "off"
+
+
+def test_the_first_answer_is_checked_against_the_version_that_scored_it() -> None:
+    champion, challenger = Answer(0, (0.8, 0.2, 0.0)), Answer(1, (0.3, 0.6, 0.1))
+    references = {"1": champion, "2": challenger}
+    canary = {"prediction": 1, "model_version": "2"}
+    assert first_reference(spec("canary"), canary, references, "1") == challenger
+    assert first_reference(spec("mlflow"), {"predictions": []}, references, "1") == champion
+    with pytest.raises(RuntimeError, match="names version 3"):
+        first_reference(spec("canary"), {"model_version": "3"}, references, "1")
+
+
+def test_rollout_counters_gain_over_a_run_and_the_queue_is_read_at_its_end() -> None:
+    before = {"shadow_scored": 100.0, "shadow_dropped": 2.0, "shadow_queue_rows": 9.0}
+    after = {"shadow_scored": 900.0, "shadow_dropped": 2.0, "shadow_failed": 1.0,
+             "shadow_queue_rows": 3.0}  # fmt: skip
+    assert counter_delta(before, after) == {
+        "shadow_scored": 800.0,
+        "shadow_dropped": 0.0,
+        "shadow_failed": 1.0,
+        "shadow_queue_rows": 3.0,
+    }

@@ -1,4 +1,5 @@
-"""The benchmark client's HTTP/1.1 response parsing and its rate-kept rule (no network)."""
+"""The benchmark client's HTTP/1.1 response parsing, its rate-kept rule, and what it records of
+each answer (no network)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import asyncio
 
 import pytest
 
-from bench.load import HttpError, Response, Target, build_request, kept_rate, read_response
+from bench.load import (
+    HttpError,
+    Recorder,
+    Response,
+    Target,
+    answer_version,
+    build_request,
+    kept_rate,
+    read_response,
+)
 
 
 def parse(*chunks: bytes, eof: bool = True) -> Response:
@@ -93,3 +103,28 @@ def test_rate_is_not_kept_with_errors_or_without_requests() -> None:
     assert kept_rate(run(50, 50, requests=600, errors=7)) is False  # > 1 %
     assert kept_rate(run(50, 50, requests=600, errors=6)) is True
     assert kept_rate(run(50, 50, requests=0)) is False
+
+
+def test_the_version_an_answer_names_is_found_without_parsing() -> None:
+    body = b'{"prediction":1,"label":"Medium","model_version":"12","trace_id":"ab"}'
+    assert answer_version(body) == "12"
+    assert answer_version(b'{"predictions": [1]}') is None  # another system's answer
+    assert answer_version(b'{"model_version":"') is None  # truncated
+
+
+def test_answers_are_counted_by_version_and_recorded_on_the_monotonic_clock() -> None:
+    rec = Recorder(requests=[], clock_offset=1000.0)
+    rec.record(200, 0.004, 5.0, b'{"model_version":"1"}', sent=4.996)
+    rec.record(200, 0.006, 6.0, b'{"model_version":"2"}', sent=5.994)
+    rec.record(503, 0.001, 6.5, b'{"model_version":"2"}', sent=6.499)  # failures name none
+    rec.record("drain_timeout", 20.0, 27.0, sent=7.0)
+    result = rec.result(10.0)
+    assert result["versions"] == {"1": 1, "2": 1}
+    assert result["records"] == [
+        (pytest.approx(1004.996), 0.004, 1, "1"),
+        (pytest.approx(1005.994), 0.006, 1, "2"),
+        (pytest.approx(1006.499), 0.001, 0, ""),
+        (pytest.approx(1007.0), 20.0, 0, ""),
+    ]
+    assert (result["ok"], result["errors"]) == (2, 2)
+    assert "records" not in Recorder().result(1.0)  # only when asked: a run's list is large

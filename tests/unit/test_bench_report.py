@@ -287,3 +287,240 @@ def test_write_without_open_loop_runs_draws_no_plot(tmp_path: Path) -> None:
         result["open"] = []
     md_path, _ = report.write(data_for([round_]), tmp_path, "quick")
     assert not (tmp_path / "quick-p99.png").exists() and "![" not in md_path.read_text()
+
+
+# --- issue 23: shadow, canary and the hot swap ----------------------------------------------
+def rollout_system(
+    c8: float, p99_at_50: float, *, challenger_share: float = 0.0, shadow: bool = False
+) -> dict[str, Any]:
+    """A rollout system as the harness records it: the short loads, answers counted by the
+    version they name, the gateway's rollout counters per run."""
+
+    def versions(ok: int) -> dict[str, int]:
+        challenger = round(ok * challenger_share)
+        return {"1": ok - challenger, **({"2": challenger} if challenger else {})}
+
+    def counters(ok: int) -> dict[str, float]:
+        if shadow:
+            return {"shadow_scored": float(ok - 3), "shadow_dropped": 3.0, "shadow_queue_rows": 0}
+        return {"canary_fallbacks": 2.0}
+
+    closed_runs = []
+    for c, rps in ((8, c8), (64, c8 * 1.1)):
+        run = {**closed(c, rps), "ok": 1000, "versions": versions(1000)}
+        closed_runs.append({**run, "rollout": counters(1000)})
+    open_runs = []
+    for rate, p99 in ((50, p99_at_50), (200, p99_at_50 * 2)):
+        run = {**opened(rate, p99), "ok": 500, "versions": versions(500)}
+        open_runs.append({**run, "rollout": counters(500)})
+    return {
+        "cold_start_s": 3.0,
+        "loads": "short",
+        "open_rates_planned": [50, 200],
+        "closed": closed_runs,
+        "open": open_runs,
+        "memory_idle": {"rss_bytes": 360e6},
+        "served_versions": {"champion": "1", "challenger": "2"},
+    }
+
+
+def requests_at(
+    rate: float, seconds: float, latency: float, version: str, start: float = 100.0
+) -> list[list[Any]]:
+    """Records of an evenly paced run: [sent, latency, ok, version] per request."""
+    step = 1 / rate
+    return [[start + i * step, latency, 1, version] for i in range(int(seconds * rate))]
+
+
+def swap_run() -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """20 s at 100 req/s, 5 ms a request; @champion moved to v2 at 5 s (requests sent from 5
+    to 8 s take 50 ms; v2 answers those sent from 7 s) and back at 12 s (v1 answers those sent
+    from 13 s)."""
+    records = requests_at(100, 20, 0.005, "1")
+    for r in records:
+        t = r[0] - 100
+        if 5 <= t < 8:
+            r[1] = 0.050
+        if 7 <= t < 13:
+            r[3] = "2"
+    moves = [
+        {"from": "1", "to": "2", "moved_at": 105.0, "served_seen_at": 106.9},
+        {"from": "2", "to": "1", "moved_at": 112.0, "served_seen_at": 113.2},
+    ]
+    return records, moves
+
+
+def test_swap_windows_run_from_the_move_to_a_second_after_the_new_version_answered() -> None:
+    records, moves = swap_run()
+    s = report.swap_summary(records, moves, tail_s=1.0)
+    first, back = s["windows"]
+    # the first v2 answer: sent at 7 s, slow, so it ends at 7.05 s
+    assert first["answered"] and first["seconds_to_answer"] == pytest.approx(2.05)
+    assert first["window_s"] == pytest.approx([5.0, 8.05])
+    assert back["seconds_to_answer"] == pytest.approx(1.005)
+    assert back["window_s"] == pytest.approx([12.0, 14.005])
+    assert first["served_seen_s"] == pytest.approx(1.9)
+    # sent 5.00-8.05 and 12.00-14.00 s at 100 req/s, both ends included
+    assert s["requests_during"] == 306 + 201 and s["requests_outside"] == 2000 - 507
+    assert s["p99_during_ms"] == pytest.approx(50.0)  # 300 slow among 507: the p99 is slow
+    assert s["p99_outside_ms"] == pytest.approx(5.0)
+    assert s["p99_ratio"] == pytest.approx(10.0)
+    assert s["versions"] == {"1": 1400, "2": 600} and s["unexpected_versions"] == 0
+    assert first["old_version_after_new"] == back["old_version_after_new"] == 0
+    assert s["errors_during"] == s["errors_outside"] == 0
+    # half-second buckets of send time: the slow stretch is 5-8 s
+    assert len(s["timeline"]) == 40
+    assert s["timeline"][9] == [4.5, 50.0, 0.0, pytest.approx(5.0)]
+    assert s["timeline"][10] == [5.0, 50.0, 0.0, pytest.approx(50.0)]
+    assert s["timeline"][16] == [8.0, 50.0, 0.0, pytest.approx(5.0)]
+
+
+def test_swap_counts_failures_stale_and_foreign_versions() -> None:
+    records, moves = swap_run()
+    by_time = {round(r[0] - 100, 2): r for r in records}
+    by_time[7.5][3] = "1"  # sent after v2 answered, still answered by v1
+    by_time[6.0][2] = 0  # failed during the first swap
+    by_time[18.0][2] = 0  # failed outside
+    by_time[19.0][3] = "9"  # a version nobody moved to
+    s = report.swap_summary(records, moves, tail_s=1.0)
+    assert s["windows"][0]["old_version_after_new"] == 1
+    assert (s["errors_during"], s["errors_outside"]) == (1, 1)
+    assert s["unexpected_versions"] == 1
+
+
+def test_a_move_never_answered_spans_the_rest_of_the_run() -> None:
+    records = requests_at(100, 10, 0.005, "1")
+    moves = [{"from": "1", "to": "2", "moved_at": 104.0, "served_seen_at": None}]
+    s = report.swap_summary(records, moves, tail_s=1.0)
+    (window,) = s["windows"]
+    assert not window["answered"] and window["seconds_to_answer"] is None
+    assert window["window_s"] == pytest.approx([4.0, 9.99])
+    assert s["requests_during"] == 600 and s["p99_ratio"] == pytest.approx(1.0)
+    assert report.swap_summary([], moves, 1.0) == {"tail_s": 1.0, "windows": []}
+
+
+def hot_swap_result(records: list[list[Any]], moves: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "cold_start_s": 3.0,
+        "loads": "hot_swap",
+        "memory_idle": {"rss_bytes": 350e6},
+        "hot_swap": {
+            "rate": 200,
+            "achieved_rps": 199.0,
+            "kept": True,
+            "errors": 0,
+            "foreign_load": 0.02,
+            "cpu_ms_per_request": 1.4,
+            "swaps": report.swap_summary(records, moves, 1.0),
+        },
+    }
+
+
+def rollout_round(shadow_c8: float = 810.0, shadow_p99: float = 16.5) -> dict[str, Any]:
+    round_ = one_round()
+    round_["systems"]["shadow"] = rollout_system(shadow_c8, shadow_p99, shadow=True)
+    round_["systems"]["canary"] = rollout_system(720.0, 18.0, challenger_share=0.5)
+    round_["systems"]["hot_swap"] = hot_swap_result(*swap_run())
+    return round_
+
+
+def rollout_targets(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["key"]: t for t in report.summarize(rounds)["rollout_targets"]}
+
+
+def test_figures_of_rollout_systems() -> None:
+    f = report.figures(rollout_system(800.0, 20.0, challenger_share=0.5))
+    assert f["challenger_share_c8"] == 0.5 and f["challenger_share_at_50"] == 0.5
+    assert f["canary_fallbacks_c8"] == 2.0 and "shadow_scored_share_c8" not in f
+    assert "max_kept_rate" not in f  # 50 and 200 req/s are no ladder
+    assert f["kept_at_200"] == 1.0 and "p99_at_25_ms" not in f
+    f = report.figures(rollout_system(800.0, 20.0, shadow=True))
+    assert f["challenger_share_c8"] == 0.0  # a shadow never answers with the challenger
+    assert f["shadow_scored_share_c8"] == pytest.approx(0.997)
+    assert (f["shadow_dropped_c8"], f["shadow_failed_c8"]) == (3.0, 0.0)
+
+
+def test_figures_of_the_hot_swap() -> None:
+    f = report.figures(hot_swap_result(*swap_run()))
+    assert f["swap_p99_ratio"] == pytest.approx(10.0)
+    assert f["swap_seconds_to_answer_max"] == pytest.approx(2.05)
+    assert (f["swap_moves"], f["swap_unanswered"], f["swap_errors"]) == (2.0, 0.0, 0.0)
+    assert f["foreign_load_max"] == 0.02 and "throughput_c8" not in f
+
+
+def test_rollout_targets_are_within_round_ratios_against_lungwatch_alone() -> None:
+    rounds = [rollout_round(), rollout_round(shadow_c8=700.0, shadow_p99=40.0)]
+    rounds[1]["systems"]["lungwatch"]["closed"][1]["throughput_rps"] = 800.0
+    t = rollout_targets(rounds)
+    assert t["shadow_c8"]["per_round"] == pytest.approx([810 / 900, 700 / 800])
+    assert t["shadow_c8"]["met"] is True  # median 0.8875 ≥ 0.85
+    # Lungwatch's p99 at 50 req/s is 15 × 1.5 = 22.5 ms in the helper
+    assert t["shadow_p99_at_50"]["per_round"] == pytest.approx([16.5 / 22.5, 40 / 22.5])
+    assert t["shadow_p99_at_50"]["value"]["median"] == pytest.approx(1.2556, abs=1e-4)
+    assert t["shadow_p99_at_50"]["met"] is False
+    assert t["hot_swap_p99"]["per_round"] == pytest.approx([10.0, 10.0])
+    assert t["hot_swap_p99"]["met"] is False and "note" not in t["hot_swap_p99"]
+    ratios = {r["text"]: r for r in report.summarize(rounds)["rollout_ratios"]}
+    canary = ratios["canary at 50 %: closed loop 8 connections, throughput canary / alone"]
+    assert canary["per_round"] == pytest.approx([720 / 900, 720 / 800])
+    assert len(ratios) == len(report.ROLLOUT_RATIOS)
+
+
+def test_shadow_p99_target_fails_when_the_shadow_did_not_keep_50() -> None:
+    round_ = rollout_round()
+    round_["systems"]["shadow"]["open"][0]["kept"] = False
+    t = rollout_targets([round_])["shadow_p99_at_50"]
+    assert t["met"] is False and t["note"] == "shadow did not keep 50 req/s"
+
+
+def test_hot_swap_met_and_failed_outright_when_a_move_is_never_answered() -> None:
+    records, moves = swap_run()
+    for r in records:
+        r[1] = min(r[1], 0.009)  # during the swaps at most 9 ms against 5 ms outside
+    round_ = rollout_round()
+    round_["systems"]["hot_swap"] = hot_swap_result(records, moves)
+    t = rollout_targets([round_])["hot_swap_p99"]
+    assert t["value"]["median"] == pytest.approx(1.8) and t["met"] is True
+    for r in records:
+        r[3] = "1"  # v2 never answered: the first move never took
+    round_["systems"]["hot_swap"] = hot_swap_result(records, moves)
+    round_["systems"]["hot_swap"]["hot_swap"]["errors"] = 2
+    t = rollout_targets([round_])["hot_swap_p99"]
+    assert t["met"] is False
+    assert t["note"] == "1 move(s) never answered by the new version; 2 failed request(s)"
+
+
+def test_rollout_targets_unmeasured_without_the_rollout_systems() -> None:
+    assert all(t["met"] is None for t in rollout_targets([one_round()]).values())
+    text = report.markdown(data_for([one_round()]))
+    assert "## Rollout (issue 23)" in text and "### Hot swap" not in text
+
+
+def test_markdown_shows_the_rollout_section() -> None:
+    labels = {
+        **LABELS,
+        "shadow": "(8) shadow",
+        "canary": "(9) canary",
+        "hot_swap": "(10) hot swap",
+    }
+    data = data_for([rollout_round()])
+    data["meta"]["labels"] = labels
+    data["meta"]["challenger"] = "models:/lungwatch-risk@challenger v2 (seed 7)"
+    text = report.markdown(data)
+    assert (
+        "| shadow at 100 %: closed loop 8 connections, throughput shadow / alone ≥ 0.85 "
+        "| 0.90× | **met** |"
+    ) in text
+    assert "| hot swap under 200 req/s: p99 of requests sent during the swaps" in text
+    assert (
+        "| canary at 50 %: closed loop 8 connections, throughput canary / alone | 0.80× |" in text
+    )
+    assert "| (9) canary | 50 % | 50 % | — | — | — / — / — | 2 |" in text
+    assert "| (8) shadow | 0 % | 0 % | 1.00 | 0.99 | 3 / 0 / 0 | 0 |" in text
+    assert (
+        "| 1 | v1→v2 2.0, v2→v1 1.0 | 507 / 1493 | 50.0 / 5.0 | 50.0 / 5.0 | 10.00× | 0 | 0 |"
+    ) in text
+    assert "second version (the challenger of (8) and (9)" in text
+    # the hot swap ran no ladder: it has no row in the per-system tables
+    assert "| (10) hot swap |" not in text
+    assert "| (8) shadow | 810 | 891 |" in text
