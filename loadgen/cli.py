@@ -30,6 +30,7 @@ from loadgen.payloads import (
     load_rows,
 )
 from loadgen.prometheus import PrometheusError, PrometheusProbe, reconcile
+from loadgen.quality import QUALITY_KINDS, QualityTally, Reference, flat
 from loadgen.record import RequestLog
 from loadgen.report import build_report, render, sticky_summary
 from loadgen.runner import RunPlan, run
@@ -127,23 +128,33 @@ def parse_steps(text: str) -> list[tuple[float, float]]:
     return pairs
 
 
-def parse_invalid(text: str) -> dict[str, float]:
-    """A total share spread over every invalid kind (`0.2`), or `kind=share,...`."""
+def _kind_shares(text: str, kinds: Sequence[str], what: str) -> dict[str, float]:
+    """A total share spread over every kind (`0.2`), or `kind=share,...`."""
     if "=" not in text:
         total = _share(text)
-        return {kind: total / len(INVALID_KINDS) for kind in INVALID_KINDS}
+        return {kind: total / len(kinds) for kind in kinds}
     shares = {}
     for part in text.split(","):
         kind, _, value = part.partition("=")
         kind = kind.strip()
-        if kind not in INVALID_KINDS:
+        if kind not in kinds:
             raise argparse.ArgumentTypeError(
-                f"unknown invalid kind {kind!r}; known: {', '.join(INVALID_KINDS)}"
+                f"unknown {what} kind {kind!r}; known: {', '.join(kinds)}"
             )
         shares[kind] = _share(value)
     if sum(shares.values()) > 1:
-        raise argparse.ArgumentTypeError("invalid shares add up to more than 1")
+        raise argparse.ArgumentTypeError(f"{what} shares add up to more than 1")
     return shares
+
+
+def parse_invalid(text: str) -> dict[str, float]:
+    """A total share spread over every invalid kind (`0.2`), or `kind=share,...`."""
+    return _kind_shares(text, INVALID_KINDS, "invalid")
+
+
+def parse_quality(text: str) -> dict[str, float]:
+    """A total share spread over every data-quality kind, or `kind=share,...`."""
+    return _kind_shares(text, QUALITY_KINDS, "quality")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=_share,
         metavar="SHARE",
         help="share of rows shifted with --drift, the rest sent as they are (default 1)",
+    )
+    mix.add_argument(
+        "--drift-keep-labels",
+        action="store_true",
+        help="shifted rows keep the dataset row's level (a covariate shift whose outcomes did "
+        "not move), so they count in the accuracy and get --feedback; needs --drift",
+    )
+    mix.add_argument(
+        "--quality",
+        type=parse_quality,
+        default={},
+        metavar="SHARE|KIND=SHARE,...",
+        help="share of requests that are rows the gateway's data-quality counters flag; kinds: "
+        f"{', '.join(QUALITY_KINDS)} (a repeated row is sent twice under a key of its own); "
+        "the report tallies what model_input_quality_total must count (default 0)",
     )
     mix.add_argument(
         "--feedback",
@@ -353,11 +379,17 @@ def resolve(argv: Sequence[str] | None = None) -> Options:
     if args.requests is not None:
         profile += f", at most {args.requests} requests"
     try:
-        mix = Mix(args.invalid, args.batch_share, args.patient_share, args.batch_size)
+        mix = Mix(args.invalid, args.batch_share, args.patient_share, args.batch_size, args.quality)
     except ValueError as exc:
         parser.error(str(exc))
     if args.drift_share is not None and args.drift is None:
         parser.error("--drift-share needs --drift")
+    if args.drift_keep_labels and args.drift is None:
+        parser.error("--drift-keep-labels needs --drift")
+    if args.quality:
+        profile += ", data-quality rows " + ", ".join(
+            f"{kind} {share:.0%}" for kind, share in args.quality.items()
+        )
     if args.drift is not None:
         share = 1.0 if args.drift_share is None else args.drift_share
         profile += f", drift {args.drift} on {share:.0%} of rows"
@@ -377,7 +409,7 @@ def row_source(args: argparse.Namespace) -> RowSource:
     if args.drift is None:
         return RowSource(rows)
     share = 1.0 if args.drift_share is None else args.drift_share
-    return DriftingRowSource(rows, PROFILES[args.drift], share)
+    return DriftingRowSource(rows, PROFILES[args.drift], share, args.drift_keep_labels)
 
 
 def sticky_keys(args: argparse.Namespace) -> StickyKeys | None:
@@ -427,7 +459,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         print(f"loadgen: cannot read the dataset: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    factory = PayloadFactory(rows, options.mix, random.Random(args.seed), sticky_keys(args))
+    try:
+        factory = PayloadFactory(rows, options.mix, random.Random(args.seed), sticky_keys(args))
+    except ValueError as exc:  # the dataset leaves no row of a --quality kind
+        print(f"loadgen: --quality: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    tally = None
+    if args.quality:
+        # Against the rows drawn from, unshifted: the served model's training rows when it
+        # was trained on this dataset (loadgen.quality).
+        tally = QualityTally(Reference.of(row.features for row in rows.rows))
+        options.plan.hooks = (tally, *options.plan.hooks)
     log = None
     if args.record is not None:
         try:
@@ -441,7 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = baseline = None
     if args.check_prometheus:
         probe = PrometheusProbe(
-            args.check_prometheus, args.prometheus_selector, args.prometheus_timeout
+            args.check_prometheus,
+            args.prometheus_selector,
+            args.prometheus_timeout,
+            quality=tally is not None,
         )
         try:
             # Every target scraped after this instant, settled: earlier traffic is all counted.
@@ -494,6 +539,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "share": rows.share,
             "shifted_rows_sent": recorder.shifted_sent,
             "shifted_rows_answered": recorder.shifted_answered,
+            "labels": "kept" if rows.keep_labels else "none",
+        }
+    quality_bounds = None
+    if tally is not None:
+        report["quality"] = tally.summary(factory.injected)
+        expected, extra = flat(report["quality"]["expected"]), flat(report["quality"]["uncertain"])
+        quality_bounds = {
+            key: (expected.get(key, 0), expected.get(key, 0) + extra.get(key, 0))
+            for key in set(expected) | set(extra)
         }
     if factory.sticky is not None:
         report["sticky"] = sticky_summary(
@@ -509,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["prometheus"] = {"ok": False, "error": "not checked: the run was interrupted"}
     elif probe is not None and baseline is not None:
         try:
-            result = reconcile(baseline, probe.settled(finished), recorder)
+            result = reconcile(baseline, probe.settled(finished), recorder, quality_bounds)
             report["prometheus"] = result.as_dict()
             if not result.ok:
                 code = EXIT_CHECK_FAILED

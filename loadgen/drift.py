@@ -2,9 +2,10 @@
 
 A profile is a list of explicit shifts, each on one feature: add a fixed amount, or push the
 value to the top levels of the feature's scale. Every result is clamped to the range the
-gateway accepts (`model.features.FEATURES`), so a shifted row is still a valid request (200,
+gateway accepts (`contract.features.FEATURES`), so a shifted row is still a valid request (200,
 not 422). A shifted row has no true level: nobody observed that patient, so it carries no
-label, is left out of the accuracy and gets no `--feedback`.
+label, is left out of the accuracy and gets no `--feedback` (unless `--drift-keep-labels`:
+then it keeps the dataset row's level).
 """
 
 from __future__ import annotations
@@ -98,17 +99,30 @@ DEFAULT_PROFILE = "older-smokers"
 
 class DriftingRowSource(RowSource):
     """Draws dataset rows and shifts a `share` of them by `profile`; shifted rows lose their
-    label and are marked `shifted`."""
+    label (unless `keep_labels`) and are marked `shifted`.
 
-    def __init__(self, rows: Sequence[LabelledRow], profile: DriftProfile, share: float = 1.0):
+    `keep_labels` (`--drift-keep-labels`) simulates a covariate shift whose outcomes did not
+    move: the shifted patient keeps the dataset row's level, so `--feedback` reports how the
+    model fares on inputs it was not trained on (the realized accuracy the label-free
+    estimate is compared with)."""
+
+    def __init__(
+        self,
+        rows: Sequence[LabelledRow],
+        profile: DriftProfile,
+        share: float = 1.0,
+        keep_labels: bool = False,
+    ) -> None:
         super().__init__(rows)
         if not 0 <= share <= 1:
             raise ValueError("the drift share must be between 0 and 1")
         self.profile = profile
         self.share = share
+        self.keep_labels = keep_labels
 
     def draw(self, rng: random.Random) -> LabelledRow:
         row = super().draw(rng)
         if self.share < 1 and rng.random() >= self.share:
             return row
-        return LabelledRow(self.profile.apply(row.features, rng), None, shifted=True)
+        label = row.label if self.keep_labels else None
+        return LabelledRow(self.profile.apply(row.features, rng), label, shifted=True)

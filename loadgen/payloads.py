@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contract.dataset import DATASET_PATH, read_rows
 from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from contract.wire import CANARY_STICKY_HEADER
+from loadgen.quality import QUALITY_KINDS, REPEATED, QualityRows, Reference, RepeatKeys
 
 PREDICT = "/predict"
 PREDICT_BATCH = "/predict/batch"
 # The gateway's default canary stickiness header (LUNGWATCH_GATEWAY_CANARY_STICKY_HEADER).
 STICKY_HEADER = CANARY_STICKY_HEADER
 
-VALID_KINDS: tuple[str, ...] = ("features", "patient", "batch")
+# `--quality` kinds are valid requests too: rows the gateway answers and counts (loadgen.quality).
+VALID_KINDS: tuple[str, ...] = ("features", "patient", "batch", *QUALITY_KINDS)
 # The seed's two broken shapes (wrong count, non-numeric) and three more the gateway refuses.
 INVALID_KINDS: tuple[str, ...] = (
     "wrong_count",
@@ -45,6 +48,9 @@ class RequestSpec:
     labels: tuple[int | None, ...] = ()
     shifted: int = 0  # how many of its rows a drift profile shifted
     sticky_key: str | None = None  # sent in the sticky header (`--sticky-keys`)
+    rows: tuple[tuple[int, ...], ...] = ()  # the feature rows it carries (valid kinds)
+    # Sent once this one is answered, in the same in-flight slot (a repeated row's second).
+    then: RequestSpec | None = None
 
     @property
     def valid(self) -> bool:
@@ -77,6 +83,8 @@ class Mix:
         0.5  # of rows, sent as {"patient": {...}} rather than {"features": [...]}
     )
     batch_size: int = 10
+    # `--quality`: shares of requests that are single rows of each data-quality kind
+    quality: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.invalid) - set(INVALID_KINDS)
@@ -85,6 +93,13 @@ class Mix:
         total = sum(self.invalid.values())
         if any(v < 0 for v in self.invalid.values()) or total > 1:
             raise ValueError("invalid shares must be >= 0 and sum to at most 1")
+        unknown = set(self.quality) - set(QUALITY_KINDS)
+        if unknown:
+            raise ValueError(f"unknown quality kinds: {sorted(unknown)}; known: {QUALITY_KINDS}")
+        if any(v < 0 for v in self.quality.values()):
+            raise ValueError("quality shares must be >= 0")
+        if total + sum(self.quality.values()) > 1:
+            raise ValueError("invalid and quality shares add up to more than 1")
         for name, share in (
             ("batch share", self.batch_share),
             ("patient share", self.patient_share),
@@ -185,11 +200,24 @@ class PayloadFactory:
         self.mix = mix
         self.rng = rng
         self.sticky = sticky
+        # `--quality`: the dataset's own rows are the reference the injected rows depart from
+        # (and the tally's, loadgen.quality.QualityTally).
+        self.quality_rows: QualityRows | None = None
+        if any(share > 0 for share in mix.quality.values()):
+            features = [row.features for row in rows.rows]
+            self.quality_rows = QualityRows(Reference.of(features), features)
+            self.quality_rows.check(kind for kind, share in mix.quality.items() if share > 0)
+        self.repeat_keys = RepeatKeys()
+        self.injected: Counter[str] = Counter()  # --quality requests built, by kind
 
     def next(self) -> RequestSpec:
         spec = self._next()
         if self.sticky is not None:
-            return replace(spec, sticky_key=self.sticky.draw())
+            # Drawn for every request, so the keys of the others stay where they were; a
+            # repeated pair keeps its own key.
+            key = self.sticky.draw()
+            if spec.sticky_key is None:
+                return replace(spec, sticky_key=key)
         return spec
 
     def _next(self) -> RequestSpec:
@@ -200,6 +228,11 @@ class PayloadFactory:
                     kind, PREDICT, INVALID_BUILDERS[kind](self.rows.draw(self.rng), self.rng)
                 )
             pick -= share
+        for kind, share in self.mix.quality.items():
+            if pick < share:
+                self.injected[kind] += 1
+                return self._quality(kind)
+            pick -= share
         if self.rng.random() < self.mix.batch_share:
             drawn = [self.rows.draw(self.rng) for _ in range(self.mix.batch_size)]
             objs = [_row_object(r, self.rng, self.mix.patient_share) for r in drawn]
@@ -209,8 +242,33 @@ class PayloadFactory:
                 _dumps({"rows": objs}),
                 tuple(r.label for r in drawn),
                 sum(r.shifted for r in drawn),
+                rows=tuple(r.features for r in drawn),
             )
         row = self.rows.draw(self.rng)
         obj = _row_object(row, self.rng, self.mix.patient_share)
         kind = "patient" if "patient" in obj else "features"
-        return RequestSpec(kind, PREDICT, _dumps(obj), (row.label,), int(row.shifted))
+        return RequestSpec(
+            kind, PREDICT, _dumps(obj), (row.label,), int(row.shifted), rows=(row.features,)
+        )
+
+    def _quality(self, kind: str) -> RequestSpec:
+        if kind == REPEATED:
+            # A row as any other (its label kept, for --feedback), sent twice under a key of
+            # its own: the second is sent once the first is answered (loadgen.runner).
+            row = self.rows.draw(self.rng)
+            body = _dumps(_row_object(row, self.rng, self.mix.patient_share))
+            second = RequestSpec(
+                kind,
+                PREDICT,
+                body,
+                (row.label,),
+                int(row.shifted),
+                sticky_key=self.repeat_keys.next(),
+                rows=(row.features,),
+            )
+            return replace(second, then=second)
+        # A row nobody observed: no label, so no accuracy and no feedback.
+        assert self.quality_rows is not None  # built when a quality share is set
+        features = self.quality_rows.row(kind, self.rng)
+        obj = _row_object(LabelledRow(features, None), self.rng, self.mix.patient_share)
+        return RequestSpec(kind, PREDICT, _dumps(obj), (None,), rows=(features,))

@@ -15,6 +15,13 @@ TOTAL = "api_total_requests_total"
 SUCCESSFUL = "api_successful_requests_total"
 FAILED = "api_failed_requests_total"
 COUNTERS: tuple[str, ...] = (TOTAL, SUCCESSFUL, FAILED)
+# `--quality`: the gateway's data-quality counter, compared per (feature, kind) with the tally.
+QUALITY = "model_input_quality_total"
+
+
+def quality_key(feature: str, kind: str) -> str:
+    """How a (feature, kind) series is named in snapshots and in the reconciliation."""
+    return f'{QUALITY}{{feature="{feature}",kind="{kind}"}}'
 
 
 class PrometheusError(RuntimeError):
@@ -46,7 +53,8 @@ class PrometheusProbe:
     Counters start at 0 when the gateway starts and series appear on first use, so a series
     missing from the baseline counts as 0. `selector` (label matchers such as
     `job="gateway"`) restricts the targets, e.g. when the same counters also arrive through
-    the Collector and would otherwise be counted twice.
+    the Collector and would otherwise be counted twice. With `quality`, the data-quality
+    counter is read too, summed per (feature, kind).
     """
 
     def __init__(
@@ -57,9 +65,11 @@ class PrometheusProbe:
         poll: float = 0.25,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.time,
+        quality: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.selector = selector
+        self.names = (*COUNTERS, QUALITY) if quality else COUNTERS
         self.timeout = timeout
         self.poll = poll
         self.client = client or httpx.Client(timeout=10.0, trust_env=False)
@@ -79,11 +89,11 @@ class PrometheusProbe:
     def read(self, after: float) -> Snapshot | None:
         """The counters once each has a sample scraped after `after` (or, before the gateway
         has counted anything, once its targets have been scraped since); None until then."""
-        counters = _selector("|".join(COUNTERS), self.selector)
+        counters = _selector("|".join(self.names), self.selector)
         # An instant query skips series gone stale (e.g. from a restarted gateway); a range
         # query gives each sample's own scrape timestamp, which an instant query hides.
         live = {_key(s["metric"]) for s in self._query(counters)}
-        samples = self._query(_selector("up|" + "|".join(COUNTERS), self.selector) + "[5m]")
+        samples = self._query(_selector("up|" + "|".join(self.names), self.selector) + "[5m]")
         values = dict.fromkeys(COUNTERS, 0.0)
         stamps, scrapes = [], []
         for series in samples:
@@ -94,7 +104,10 @@ class PrometheusProbe:
             if name == "up":
                 scrapes.append(ts)
             elif _key(series["metric"]) in live:
-                values[name] += value
+                if name == QUALITY:
+                    metric = series["metric"]
+                    name = quality_key(metric.get("feature", ""), metric.get("kind", ""))
+                values[name] = values.get(name, 0.0) + value
                 stamps.append(ts)
         # Counters appear on first use; with none yet, a scrape of the targets stands for them.
         stamps = stamps or scrapes
@@ -169,7 +182,14 @@ def expected_counts(recorder: Recorder) -> dict[str, tuple[int, int]]:
     }
 
 
-def reconcile(before: Snapshot, after: Snapshot, recorder: Recorder) -> Reconciliation:
+def reconcile(
+    before: Snapshot,
+    after: Snapshot,
+    recorder: Recorder,
+    quality: dict[tuple[str, str], tuple[int, int]] | None = None,
+) -> Reconciliation:
+    """`quality`: the data-quality tally's (low, high) per (feature, kind), when `--quality`
+    asked for it; every other (feature, kind) series must not have moved."""
     observed = {k: after.values[k] - before.values[k] for k in COUNTERS}
     expected = expected_counts(recorder)
     problems = []
@@ -187,4 +207,18 @@ def reconcile(before: Snapshot, after: Snapshot, recorder: Recorder) -> Reconcil
             f"the gateway's counters disagree: total {observed[TOTAL]} != successful "
             f"{observed[SUCCESSFUL]} + failed {observed[FAILED]}"
         )
+    if quality is not None:
+        wanted = {quality_key(f, k): bounds for (f, k), bounds in quality.items()}
+        moved = {
+            k: after.values[k] - before.values.get(k, 0)
+            for k in after.values
+            if k.startswith(QUALITY + "{")
+        }
+        for key in sorted(set(wanted) | {k for k, n in moved.items() if n}):
+            low, high = wanted.get(key, (0, 0))
+            got = moved.get(key, 0)
+            observed[key], expected[key] = got, (low, high)
+            if not low <= got <= high:
+                want = str(low) if low == high else f"{low}..{high}"
+                problems.append(f"{key}: Prometheus counted {got}, loadgen expected {want}")
     return Reconciliation(before, after, observed, expected, problems)

@@ -31,6 +31,7 @@ def build_report(
         "sent": recorder.sent,
         "dropped": recorder.dropped,
         "late": recorder.late,
+        "follow_ups": recorder.follow_ups,  # sent after another was answered, off the schedule
         "unfinished": recorder.in_flight,
         "responses": recorder.responses,
         "status_classes": recorder.status_classes(),
@@ -95,7 +96,13 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"loadgen {report['mode']} run against {report['url']}: {report['profile']}",
         f"  sent        {report['sent']} in {report['elapsed_seconds']:.2f}s"
-        f" (dropped {report['dropped']}, late {report['late']}, unfinished {report['unfinished']})",
+        f" (dropped {report['dropped']}, late {report['late']}, unfinished {report['unfinished']}"
+        + (
+            f", {report['follow_ups']} repeats sent after their first"
+            if report.get("follow_ups")
+            else ""
+        )
+        + ")",
         f"  answers     2xx {classes['2xx']}  4xx {classes['4xx']}  5xx {classes['5xx']}"
         f"  codes {report['status_codes']}",
         f"  no answer   timeouts {report['timeouts']}  connection errors "
@@ -145,6 +152,7 @@ def render(report: dict[str, Any]) -> str:
             f"  drift       {drift['profile']} on {drift['share']:.0%} of rows:"
             f" {drift['shifted_rows_sent']} shifted rows sent,"
             f" {drift['shifted_rows_answered']} predicted ({drift['shifts']})"
+            + ("; shifted rows keep their level" if drift.get("labels") == "kept" else "")
         )
     feedback = report.get("feedback")
     if feedback is not None:
@@ -163,10 +171,14 @@ def render(report: dict[str, Any]) -> str:
                 f"{heading}{version}: {tally['correct']}/{tally['accepted']} accepted correct"
                 f" ({tally['sent']} sent)"
             )
+    quality = report.get("quality")
+    if quality is not None:
+        lines.extend(_quality_lines(quality))
+    width = max([15, *map(len, report["kinds"])])
     for i, (kind, counts) in enumerate(report["kinds"].items()):
         outcomes = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "sent")
         heading = "  by kind     " if i == 0 else " " * 14
-        lines.append(f"{heading}{kind:<15} sent {counts.get('sent', 0):>6}  {outcomes}")
+        lines.append(f"{heading}{kind:<{width}} sent {counts.get('sent', 0):>6}  {outcomes}")
     prom = report.get("prometheus")
     if prom is not None:
         if "error" in prom:
@@ -179,3 +191,39 @@ def render(report: dict[str, Any]) -> str:
         verdict = "met" if check["ok"] else "MISSED"
         lines.append(f"  slo         {check['name']} {verdict}: {check['detail']}")
     return "\n".join(lines)
+
+
+def _quality_lines(quality: dict[str, Any]) -> list[str]:
+    """The `--quality` tally: what model_input_quality_total{feature, kind} must have counted."""
+    injected = ", ".join(f"{kind} {n}" for kind, n in quality["injected"].items())
+    ref = quality["reference"]
+    lines = [
+        f"  quality     injected {injected} (requests; a repeated row is two);"
+        f" against {ref['rows']} rows, {ref['profiles']} profiles"
+    ]
+    extra = quality["uncertain"]
+    rows = [
+        (feature, kind, n, extra.get(feature, {}).get(kind, 0))
+        for feature, kinds in quality["expected"].items()
+        for kind, n in kinds.items()
+    ]
+    rows += [
+        (feature, kind, 0, n)
+        for feature, kinds in extra.items()
+        for kind, n in kinds.items()
+        if kind not in quality["expected"].get(feature, {})
+    ]
+    for i, (feature, kind, n, more) in enumerate(sorted(rows, key=lambda r: (r[1], r[0]))):
+        heading = "    expected  " if i == 0 else " " * 14
+        lines.append(f"{heading}{kind:<24} {feature:<26} {n}" + (f" .. {n + more}" if more else ""))
+    if not rows:
+        lines.append("    expected  nothing counted")
+    lines.append(
+        "    exact     "
+        + (
+            "yes (no row shared a key, no answer was lost)"
+            if quality["exact"]
+            else "no: a range where rows shared a key (sticky or API key) or answers were lost"
+        )
+    )
+    return lines

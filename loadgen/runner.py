@@ -74,10 +74,10 @@ class Runner:
         self.hooks = hooks
         self.sticky_header = sticky_header
 
-    async def send(self, spec: RequestSpec, scheduled: float) -> Outcome:
+    async def send(self, spec: RequestSpec, scheduled: float, follow_up: bool = False) -> Outcome:
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        self.recorder.on_send(spec, scheduled, sent)
+        self.recorder.on_send(spec, scheduled, sent, follow_up)
         status: int | None = None
         error: str | None = None
         body: object = None
@@ -112,6 +112,10 @@ class Runner:
         self.recorder.on_done(outcome)
         for hook in self.hooks:
             await hook(self.client, outcome)
+        if spec.then is not None:
+            # A repeated row's second (`--quality repeated_row`): only now, so the gateway has
+            # answered, and compared, the first. Off the schedule: due when it is sent.
+            await self.send(spec.then, loop.time(), follow_up=True)
         return outcome
 
     async def _send_in_slot(

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdrh.histogram import HdrHistogram
 
-from loadgen.payloads import RequestSpec
+if TYPE_CHECKING:  # payloads imports loadgen.quality, which imports this module
+    from loadgen.payloads import RequestSpec
 
 # Error kinds for requests that got no HTTP response. A "connection" error never reached the
 # gateway (refused, connect timeout, no pooled connection); a "timeout" or "other" error may
@@ -85,6 +86,9 @@ class Recorder:
     sent: int = 0
     dropped: int = 0  # due, but not sent because the in-flight cap was full (--on-full drop)
     late: int = 0  # due while the in-flight cap was full, so sent when a slot freed
+    # Sent once another was answered (a repeated row's second), not on the schedule: counted
+    # as sent and answered, left out of the send lag and the schedule's rate.
+    follow_ups: int = 0
     completed: int = 0
     unexpected: int = 0
     status: Counter[int] = field(default_factory=Counter)
@@ -125,15 +129,20 @@ class Recorder:
             self.first_scheduled = scheduled
         self.last_scheduled = scheduled
 
-    def on_send(self, spec: RequestSpec, scheduled: float, sent: float) -> None:
-        self._due(scheduled)
+    def on_send(
+        self, spec: RequestSpec, scheduled: float, sent: float, follow_up: bool = False
+    ) -> None:
+        if follow_up:
+            self.follow_ups += 1
+        else:
+            self._due(scheduled)
+            record_seconds(self.send_lag, sent - scheduled)
         self.sent += 1
         self.kinds[spec.kind]["sent"] += 1
         self.shifted_sent += spec.shifted
         if self.first_sent is None:
             self.first_sent = sent
         self.last_sent = sent
-        record_seconds(self.send_lag, sent - scheduled)
 
     def on_drop(self, spec: RequestSpec, scheduled: float) -> None:
         self._due(scheduled)
@@ -196,7 +205,7 @@ class Recorder:
     def target_rate(self) -> float | None:
         """The schedule's own rate over the same requests (None in closed loop, where sends are
         scheduled when the previous answer arrives)."""
-        due = self.sent + self.dropped
+        due = self.sent + self.dropped - self.follow_ups
         if due < 2 or self.first_scheduled is None or self.last_scheduled is None:
             return None
         span = self.last_scheduled - self.first_scheduled
