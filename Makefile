@@ -48,12 +48,12 @@ load: $(STAMP)
 	$(PY) -m loadgen $(or $(ARGS),--rate 10 --duration 60s)
 
 # Lungwatch against bare MLflow and BentoML 1.4.40 (issues 7 and 11), not part of `make test`:
-# ~40 min on 2 cores; results/bench/results.{md,json} and results-p99.png. BentoML runs in the
+# ~50 min on 2 cores (issue 23 added shadow, canary and the hot swap); results/bench/results.{md,json} and results-p99.png. BentoML runs in the
 # bench's own venv (results/tmp/bench-venvs/, pinned from uv.lock), built once on first use.
 bench: $(STAMP)
 	$(PY) -m bench
 
-# One short round (~7 min with training) proving every system starts and every load runs; results/bench/quick.*
+# One short round (~9 min with both trainings) proving every system starts and every load runs; results/bench/quick.*
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 

@@ -37,6 +37,7 @@ log = logging.getLogger("model.reload")
 SWAPPED = "swapped"
 REMOVED = "removed"
 UNCHANGED = "unchanged"  # not counted: the common case of every poll
+UNSET = "<unset>"  # the "version" refused while the champion's alias is not set
 # A download and gate of a forest takes ~3 s here; a registry or store that hangs must not
 # hold the reload lock for ever.
 FETCH_TIMEOUT_SECONDS = 180.0
@@ -189,9 +190,9 @@ class Reloader:
                 log.info("challenger alias @%s removed: serving the champion alone", alias)
                 self.count(role, REMOVED)
                 return REMOVED
-            if role == CHAMPION:
+            if role == CHAMPION:  # logged and counted once, until the alias is set again
                 return self._refuse(
-                    role, None, Refused(REGISTRY_ERROR, f"alias @{alias} of {name} is not set")
+                    role, UNSET, Refused(REGISTRY_ERROR, f"alias @{alias} of {name} is not set")
                 )
             return UNCHANGED
         if served is not None and served.info.version == version:

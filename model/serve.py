@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.features import FEATURE_NAMES, FEATURES, N_FEATURES
 from contract.server import run_uvicorn
-from contract.settings import ModelServerSettings, load_settings
+from contract.settings import ModelServerSettings, env_name, load_settings
 from contract.wire import CHALLENGER, CHAMPION, JSON, PROBABILITIES_KEY, ROWS_KEY, ROWS_PATH
 from model.candidate import (
     REFUSED_LOAD,
@@ -74,6 +74,10 @@ def load_resolved(resolved: ResolvedModel) -> Any:
         return load_pyfunc(resolved.path)
     finally:
         shutil.rmtree(resolved.download_dir, ignore_errors=True)
+
+
+class CannotServe(RuntimeError):
+    """The champion named at start-up cannot be served: a clear exit, not a traceback."""
 
 
 def resolve_in_child(model_uri: str) -> ResolvedModel:
@@ -111,7 +115,10 @@ def resolve_in_child(model_uri: str) -> ResolvedModel:
     found: dict[str, Any] = orjson.loads(raw) if raw else {"error": "the registry lookup died"}
     if "error" in found:
         shutil.rmtree(target, ignore_errors=True)
-        raise RuntimeError(f"cannot load {model_uri}: {found['error']}")
+        raise CannotServe(
+            f"{env_name(ModelServerSettings, 'model_uri')}: cannot load {model_uri}: "
+            f"{found['error']}"
+        )
     return ResolvedModel(ModelInfo(**found["info"]), found["path"], found["reference"], target)
 
 
@@ -714,9 +721,13 @@ def main() -> int:
 
     settings = load_settings(ModelServerSettings, "lungwatch model server")
     configure_logging(settings.log_level)
-    if settings.workers > 1:
-        return serve_workers(settings)
-    serve_one(settings)
+    try:
+        if settings.workers > 1:
+            return serve_workers(settings)
+        serve_one(settings)
+    except CannotServe as exc:
+        print(f"lungwatch model server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -456,12 +456,6 @@ def start_up_failure(store: Store, tmp_path: Path, **env: str) -> tuple[int, str
     return done.returncode, done.stdout + done.stderr
 
 
-MISSING_CHAMPION = (
-    "a champion URI naming no registry entry fails with the resolver's message, which names "
-    "the URI but not LUNGWATCH_MODEL_SERVER_MODEL_URI (model/serve.py resolve_in_child)"
-)
-
-
 @pytest.mark.parametrize(
     ("env", "setting", "detail"),
     [
@@ -482,14 +476,12 @@ MISSING_CHAMPION = (
             "LUNGWATCH_MODEL_SERVER_MODEL_URI",
             "nosuch",
             id="champion-alias-not-set",
-            marks=pytest.mark.xfail(strict=True, reason=MISSING_CHAMPION),
         ),
         pytest.param(
             {"LUNGWATCH_MODEL_SERVER_MODEL_URI": f"models:/{NAME}/99"},
             "LUNGWATCH_MODEL_SERVER_MODEL_URI",
             "99",
             id="champion-version-that-does-not-exist",
-            marks=pytest.mark.xfail(strict=True, reason=MISSING_CHAMPION),
         ),
     ],
 )

@@ -245,6 +245,9 @@ def test_a_missing_champion_alias_is_a_registry_error_and_the_champion_stays() -
     assert s.slots.current is before
     assert s.counted == [(CHAMPION, REGISTRY_ERROR)]
     assert s.fetch.calls == []
+    # Still unset on the next polls: logged and counted once, not once a poll.
+    assert s.check() == {CHAMPION: REGISTRY_ERROR, CHALLENGER: UNCHANGED}
+    assert s.counted == [(CHAMPION, REGISTRY_ERROR)]
 
 
 def test_fixed_versions_load_once_and_other_uris_are_not_followed() -> None:
