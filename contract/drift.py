@@ -76,6 +76,8 @@ def chi_squared_sf(statistic: float, dof: int) -> float:
     the half-integer series."""
     if statistic <= 0:
         return 1.0
+    if math.isinf(statistic):  # exp(-inf) * inf would be NaN in the series below
+        return 0.0
     half = statistic / 2
     if dof % 2 == 0:
         term = total = math.exp(-half)
