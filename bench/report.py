@@ -16,6 +16,7 @@ from devtools.stats import (
     per_round_ratios,
     percentile,
     spread,
+    verdict,
 )
 
 LUNGWATCH, TELEMETRY_OFF, MLFLOW = "lungwatch", "telemetry_off", "mlflow"
@@ -550,20 +551,7 @@ def evaluate_within(
 ) -> dict[str, Any]:
     """Met or not from the median over rounds of one system's own figure."""
     values = [r.get(target.system, {}).get(target.figure) for r in per_round]
-    summary = spread(values)
-    met: bool | None = None
-    if summary is not None:
-        met = summary.median >= target.bound if target.at_least else summary.median <= target.bound
-    return {
-        "key": target.key,
-        "text": target.text,
-        "bound": target.bound,
-        "at_least": target.at_least,
-        "unit": target.unit,
-        "per_round": values,
-        "value": summary.as_dict() if summary else None,
-        "met": met,
-    }
+    return verdict(target, values)
 
 
 def evaluate_hot_swap(

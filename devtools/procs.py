@@ -434,3 +434,22 @@ def scraped_since(prom_url: str, job: str, since: float) -> bool:
         if datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp() <= since:
             return False
     return True
+
+
+def run_loadgen(workdir: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
+    """`python -m loadgen ARGS` with a JSON report in workdir: (exit code, report, output)."""
+    import json
+
+    report = workdir / f"{name}.json"
+    done = subprocess.run(
+        [PYTHON, "-m", "loadgen", "--quiet", "--json", str(report), *args],
+        env=base_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output
+    assert report.exists(), f"no report (exit {done.returncode}):\n{output}"
+    return done.returncode, json.loads(report.read_text()), output

@@ -132,6 +132,12 @@ def evaluate_target(
     ]
     combine = (lambda a, b: a - b) if target.difference else None
     values = per_round_ratios(figures, target.numerator, target.denominator, combine)
+    return verdict(target, values)
+
+
+def verdict(target: Any, values: Sequence[float | None]) -> dict[str, Any]:
+    """A target (anything with key, text, bound, at_least, unit) met or not from the median
+    of its per-round values, with their spread."""
     summary = spread(values)
     met: bool | None = None
     if summary is not None:

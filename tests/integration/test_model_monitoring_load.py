@@ -9,12 +9,9 @@
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -28,22 +25,6 @@ DRIFT_INTERVAL = 0.5  # seconds between the gateway's drift recomputations (defa
 SHIFTED = {"age", "smoking", "passive_smoker"}  # loadgen's `older-smokers` profile
 STABLE, SIGNIFICANT = 0.1, 0.25  # the usual PSI reading; the gateway's threshold is 0.25
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
-def loadgen(tmp_path: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    report = tmp_path / f"{name}.json"
-    done = subprocess.run(
-        [procs.PYTHON, "-m", "loadgen", "--quiet", "--json", str(report), *args],
-        env=procs.base_env(),
-        cwd=procs.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout + done.stderr
-    assert "Traceback" not in output, output
-    assert report.exists(), f"no report (exit {done.returncode}):\n{output}"
-    return done.returncode, json.loads(report.read_text()), output
 
 
 def samples(gateway_url: str, name: str) -> dict[str, float]:
@@ -99,7 +80,9 @@ def test_drift_stays_low_for_training_rows_and_rises_for_shifted_ones(
     )
     # 1000 dataset rows in batches of 25: the window is full of the training distribution.
     batches = ("--rate", "20", "--requests", "40", "--batch-share", "1", "--batch-size", "25")
-    code, report, output = loadgen(tmp_path, "plain", "--url", gateway.url, *batches, "--seed", "1")
+    code, report, output = procs.run_loadgen(
+        tmp_path, "plain", "--url", gateway.url, *batches, "--seed", "1"
+    )
     assert code == 0 and report["status_codes"] == {"200": 40}, output
     plain = drift_after(gateway.url, 1000)
     assert set(plain) == set(FEATURE_NAMES)
@@ -109,7 +92,7 @@ def test_drift_stays_low_for_training_rows_and_rises_for_shifted_ones(
     assert single(gateway.url, "model_drifted_features") == 0
 
     # Another 1000 rows, all shifted: they replace the whole window.
-    code, report, output = loadgen(
+    code, report, output = procs.run_loadgen(
         tmp_path, "drift", "--url", gateway.url, *batches, "--seed", "2", "--drift"
     )
     assert code == 0 and report["status_codes"] == {"200": 40}, output  # shifted, still valid
@@ -142,7 +125,7 @@ def test_feedback_makes_online_accuracy_equal_loadgens_and_stays_out_of_the_coun
     )
     # ~300 rows (fewer than the gateway's 1000-outcome window, so it holds all of them), a
     # share of them shifted (no true level, so no feedback), and invalid requests.
-    code, report, output = loadgen(
+    code, report, output = procs.run_loadgen(
         tmp_path,
         "feedback",
         *("--url", gateway.url, "--rate", "25", "--duration", "6s", "--seed", "3"),

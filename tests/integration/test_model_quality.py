@@ -16,10 +16,8 @@ gateway holds (what `increase()` measures over the phase, without its extrapolat
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
-import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -257,22 +255,6 @@ def predict_with_feedback(
     return answers
 
 
-def loadgen(workdir: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    report = workdir / f"{name}.json"
-    done = subprocess.run(
-        [procs.PYTHON, "-m", "loadgen", "--quiet", "--json", str(report), *args],
-        env=procs.base_env(),
-        cwd=procs.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout + done.stderr
-    assert "Traceback" not in output, output
-    assert report.exists(), f"no report (exit {done.returncode}):\n{output}"
-    return done.returncode, json.loads(report.read_text()), output
-
-
 # --- the rig ------------------------------------------------------------------------------
 @dataclass
 class Rig:
@@ -473,7 +455,7 @@ def test_drift_test_flags_the_shifted_features_only_and_the_estimate_follows_the
         ("shifted", ("--seed", "22", "--drift", "older-smokers", "--drift-keep-labels")),
     ):
         before = side.counts()
-        code, report, output = loadgen(rig.workdir, name, *common, *extra)
+        code, report, output = procs.run_loadgen(rig.workdir, name, *common, *extra)
         assert code == 0 and report["status_codes"] == {"200": 40}, output
         assert report["feedback"]["accepted"] == WINDOW_ROWS, output
         phases[name] = side.counts() - before
@@ -570,7 +552,7 @@ def test_data_quality_counters_equal_loadgens_tally(rig: Rig) -> None:
     row it sends, injected or not, is tallied, and Prometheus must show exactly that."""
     side = rig.direct
     before = side.counts()
-    code, report, output = loadgen(
+    code, report, output = procs.run_loadgen(
         rig.workdir,
         "quality",
         *("--url", side.url, "--dataset", str(rig.kept_csv), "--seed", "31"),

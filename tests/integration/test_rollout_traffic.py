@@ -15,7 +15,6 @@ champion (version 1) and a challenger (version 2) from its own MLflow store (iss
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import time
@@ -412,20 +411,6 @@ def test_a_failing_canary_challenger_falls_back_to_the_champion(rig: Rig) -> Non
 
 
 # --- feedback per version ----------------------------------------------------------------
-def loadgen(workdir: Path, name: str, *args: str) -> tuple[int, dict[str, Any], str]:
-    report = workdir / f"{name}.json"
-    done = subprocess.run(
-        [procs.PYTHON, "-m", "loadgen", "--quiet", "--json", str(report), *args],
-        env=procs.base_env(),
-        cwd=procs.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    output = done.stdout + done.stderr
-    assert "Traceback" not in output, output
-    assert report.exists(), f"no report (exit {done.returncode}):\n{output}"
-    return done.returncode, json.loads(report.read_text()), output
 
 
 def test_feedback_per_version_equals_loadgens_tally(rig: Rig) -> None:
@@ -435,7 +420,7 @@ def test_feedback_per_version_equals_loadgens_tally(rig: Rig) -> None:
     feedback_before = prom_counts(rig, feedback, "model_version", "correct")
     rows_before = prom_counts(rig, answered, "model_version")
 
-    code, report, output = loadgen(
+    code, report, output = procs.run_loadgen(
         rig.workdir,
         "feedback",
         *("--url", rig.url("canary"), "--rate", "60", "--duration", "4s", "--seed", "23"),
