@@ -205,6 +205,7 @@ def create_app(
     app.state.monitor = ModelMonitor(
         telemetry,
         drift_window_rows=settings.drift_window_rows,
+        quality_monitoring=settings.quality_monitoring,
         feedback=FeedbackStore(
             window=settings.feedback_window,
             max_pending=settings.feedback_max_pending,

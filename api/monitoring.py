@@ -7,6 +7,7 @@ background task every few seconds, off the request path; gauges read precomputed
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -194,6 +195,7 @@ class ModelMonitor:
         telemetry: Telemetry,
         *,
         drift_window_rows: int = GATEWAY_DEFAULTS.drift_window_rows,
+        quality_monitoring: bool = GATEWAY_DEFAULTS.quality_monitoring,
         feedback: FeedbackStore | None = None,
         ids: PredictionIds | None = None,
         answered: AnsweredIds | None = None,
@@ -213,9 +215,11 @@ class ModelMonitor:
         self.ids = ids
         self.answered = answered
         self.quality = QualityMonitor(telemetry, drift_window_rows)
+        self.quality_monitoring = quality_monitoring
         self._outcomes = ins.create(meter, ins.FEEDBACK_OUTCOMES)
         # (class, version label) -> the attribute set: built once, not per row.
         self._class_attributes: dict[tuple[int, str], dict[str, str]] = {}
+        self._versions: set[str] = set()  # versions whose feedback series exist
         self._by_class = ins.create(meter, ins.PREDICTIONS_BY_CLASS)
         self._confidence = ins.create(meter, ins.CONFIDENCE)
         self._feedback_results = ins.create(meter, ins.FEEDBACK)
@@ -243,14 +247,35 @@ class ModelMonitor:
             if attributes is None:
                 attributes = {"class": LABELS[row.prediction], "model_version": version}
                 self._class_attributes[(row.prediction, version)] = attributes
+                self._prepare_version(version)
             self._by_class.add(1, attributes)
             self._confidence.record(row.confidence, attributes)
-        self.quality.observe(
-            rows,
-            [(row.prediction, row.probabilities) for row in answer.rows],
-            answer.model_version,
-            sticky_key if sticky_key is not None else CALLER.get(),
-        )
+        if self.quality_monitoring:
+            self.quality.observe(
+                rows,
+                [(row.prediction, row.probabilities) for row in answer.rows],
+                answer.model_version,
+                sticky_key if sticky_key is not None else CALLER.get(),
+            )
+
+    @staticmethod
+    def _outcome_attributes(predicted: int, actual: int, version: str) -> dict[str, str]:
+        return {
+            "predicted": LABELS[predicted],
+            "actual": LABELS[actual],
+            "correct": "true" if predicted == actual else "false",
+            "model_version": version,
+        }
+
+    def _prepare_version(self, version: str) -> None:
+        """The feedback series of a version this replica has just answered for, at 0: a
+        counter's first scrape is invisible to increase(), and the labels come later."""
+        if version in self._versions:
+            return
+        self._versions.add(version)
+        for predicted, actual in itertools.product(range(3), repeat=2):
+            self._outcomes.add(0, self._outcome_attributes(predicted, actual, version))
+        self.quality.prepare_version(version)
 
     def issue_id(
         self,
@@ -313,12 +338,9 @@ class ModelMonitor:
         )
         self._outcomes.add(
             1,
-            {
-                "predicted": LABELS[verified.predicted],
-                "actual": LABELS[true_class],
-                "correct": "true" if correct else "false",
-                "model_version": version_label(verified.model_version),
-            },
+            self._outcome_attributes(
+                verified.predicted, true_class, version_label(verified.model_version)
+            ),
         )
         return FeedbackResult("accepted", correct)
 

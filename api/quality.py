@@ -78,6 +78,22 @@ class QualityMonitor:
         self.ranges: list[tuple[int, int]] | None = None  # training min/max per feature
         self.profiles: frozenset[str] | None = None  # training profiles' digests
         self._last_rows: OrderedDict[str, str] = OrderedDict()
+        # Every series at 0 from the start: increase() cannot see what a counter held at
+        # its first scrape, so a series born at 3 loses those 3 from every window.
+        self._quality.add(0, self._repeated)
+
+    def prepare_version(self, version: str) -> None:
+        """A model version this replica answers for the first time: its feedback counters
+        at 0 now, so the first labels, which come much later, are counted by increase()."""
+        labels = {"model_version": version}
+        self._brier.add(0, labels)
+        self._scored.add(0, labels)
+        for decile in BINS:
+            self._confidence.add(0, {"bin": decile, "model_version": version})
+            for correct in ("true", "false"):
+                self._calibration.add(
+                    0, {"bin": decile, "correct": correct, "model_version": version}
+                )
 
     def set_reference(self, reference: dict[str, Any]) -> None:
         """The served champion's training reference: its ranges and profiles (newer
@@ -86,6 +102,12 @@ class QualityMonitor:
         self.ranges = [tuple(ranges[f.name]) for f in FEATURES] if ranges else None  # type: ignore[misc]
         profiles = reference.get("profiles")
         self.profiles = frozenset(profiles) if profiles else None
+        # The kinds this reference lets us count, at 0 (see __init__).
+        if self.ranges is not None:
+            for attributes in self._kinds.values():
+                self._quality.add(0, attributes)
+        if self.profiles is not None:
+            self._quality.add(0, self._unseen)
 
     # --- request path -------------------------------------------------------------------
     def observe(

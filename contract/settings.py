@@ -163,6 +163,11 @@ class GatewaySettings(BaseSettings):
     drift_interval_seconds: float = Field(
         5.0, gt=0, description="How often drift is recomputed (off the request path)."
     )
+    quality_monitoring: bool = Field(
+        True,
+        description="Per answered row, the label-free estimate (CBPE) and the data-quality "
+        "counters; false skips both (their cost: docs/performance.md).",
+    )
     feedback_window: int = Field(
         1000, ge=1, description="Online accuracy over the last this many feedbacks."
     )

@@ -13,16 +13,19 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from api import quality, versions
+from api.app import create_app
 from api.prediction_ids import PredictionIds
 from api.quality import BINS, QualityMonitor, brier, confidence_bin
 from contract.dataset import read_rows
 from contract.drift import profile_digest, value_ranges
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES
+from contract.settings import GatewaySettings
 from telemetry import build_telemetry
-from tests.unit.conftest import App
+from tests.unit.conftest import App, ScriptedModelClient
 
 DATASET = [r.features for r in read_rows()]
 GOOD = list(EXAMPLE_FEATURES)  # a dataset row: age 33, in every training range
@@ -393,7 +396,12 @@ def test_predict_then_feedback_scores_the_ids_own_probabilities(gateway: App) ->
     assert scored == pytest.approx(brier(carried, 1), rel=1e-12)
     # 0.49 + 0.64 + 0.01 unquantized; each 255th costs at most 2 * |p - y| / 255 per class.
     assert scored == pytest.approx(1.14, abs=4 / 255)
-    (key,) = values(data, "model_feedback_calibration_total")
+    calibration = values(data, "model_feedback_calibration_total")
+    # Every bin's series exists (at 0 but this one) since the version first answered, so
+    # increase() sees a new version's first labels.
+    assert len(calibration) == 14 and sum(calibration.values()) == 1
+    assert len(values(data, "model_feedback_confidence_total")) == 7
+    (key,) = (k for k, v in calibration.items() if v)
     # 0.7 is carried as 178/255 (0.698): its bin is that of the carried confidence.
     assert carried[0] == 178 / 255 and confidence_bin(carried[0]) == "0.6"
     assert dict(key) == {
@@ -435,3 +443,26 @@ def test_repeated_rows_through_the_gateway_follow_the_sticky_key(gateway: App) -
         gateway.client.post("/predict", json={"features": GOOD}, headers={header: sticky})
     counted = values(gateway.reader, "model_input_quality_total")
     assert counted[(("feature", "row"), ("kind", "repeated_row"))] == 2
+
+
+def test_quality_monitoring_off_skips_the_estimate_and_the_data_quality_counts() -> None:
+    """LUNGWATCH_GATEWAY_QUALITY_MONITORING=false (the bench's measure of what they cost):
+    answers, class counts and feedback scoring are unchanged; no CBPE, no data-quality kind."""
+    reader = InMemoryMetricReader()
+    telemetry = build_telemetry("lungwatch-gateway", metric_readers=[reader])
+    settings = GatewaySettings(quality_monitoring=False)
+    app = create_app(settings, telemetry=telemetry, model_client=ScriptedModelClient())  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        header = app.state.rollout.sticky_header
+        for _ in range(2):  # a repeated row, which monitoring on counts
+            answer = client.post("/predict", json={"features": GOOD}, headers={header: "k"})
+            assert answer.status_code == 200
+        sent = client.post(
+            "/feedback", json={"prediction_id": answer.json()["prediction_id"], "level": "Low"}
+        )
+        assert sent.status_code == 200
+    assert sum(values(reader, "model_predictions_total").values()) == 2
+    assert values(reader, "model_expected_outcomes_total") == {}
+    assert sum(values(reader, "model_input_quality_total").values()) == 0
+    assert values(reader, "model_feedback_scored_total") == {(("model_version", "7"),): 1}
+    telemetry.shutdown()
