@@ -88,8 +88,8 @@ SWAP_TAIL_S = 1.0
 CHALLENGER_SEED = 7
 
 
-# Full: ~110 s per system per round for (1)-(7), ~50 s for each of (8)-(10): 3 rounds take
-# 48-53 minutes.
+# Full: ~110 s per system per round for (1)-(7), ~50 s for each of (8)-(11): 3 rounds take
+# 51-56 minutes.
 FULL = Plan(rounds=3, warmup_seconds=3, closed_seconds=6, open_seconds=10)
 # Quick: one short round, ~7 minutes with training, proving every system starts and every
 # load runs.

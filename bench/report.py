@@ -25,6 +25,8 @@ SAMPLED = "sampled"  # full telemetry except that 10 % of traces are sampled
 # Issue 23: (4) with a challenger shadowed at 100 % or answering a 50 % canary, and (4) while
 # its @champion alias is moved to another version and back.
 SHADOW, CANARY, HOT_SWAP = "shadow", "canary", "hot_swap"
+# Issue 24: (4) with the per-row CBPE and data-quality counting turned off.
+QUALITY_OFF = "quality_off"
 
 # Issue 11's targets, all inside one round with full telemetry on and every system serving the
 # same registered artifact; "BentoML" alone is BentoML serving the same ONNX file. System keys
@@ -194,6 +196,29 @@ ROLLOUT_TARGETS: tuple[Target, ...] = (
         at_least=False,
     ),
 )
+
+
+# Issue 24's target: what the model-quality work costs per prediction, as full Lungwatch over
+# the same with that work off, in the same round.
+QUALITY_TARGETS: tuple[Target, ...] = (
+    Target(
+        "quality_c8",
+        "model-quality monitoring: closed loop 8 connections, throughput on / off ≥ 0.95",
+        LUNGWATCH,
+        QUALITY_OFF,
+        "throughput_c8",
+        0.95,
+        at_least=True,
+    ),
+)
+QUALITY_RATIOS: tuple[tuple[str, str, str, str], ...] = (
+    ("model-quality monitoring: closed loop 64 connections, throughput on / off", LUNGWATCH,
+     QUALITY_OFF, "throughput_c64"),
+    ("model-quality monitoring: open loop 50 req/s, p99 on / off", LUNGWATCH, QUALITY_OFF,
+     "p99_at_50_ms"),
+    ("model-quality monitoring: server CPU per request at 8 connections, on / off", LUNGWATCH,
+     QUALITY_OFF, "cpu_ms_c8"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -529,6 +554,8 @@ def summarize(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "ratios": _ratios(EXTRA_RATIOS, per_round),
         "rollout_targets": rollout,
         "rollout_ratios": _ratios(ROLLOUT_RATIOS, per_round),
+        "quality_targets": [evaluate(t, per_round) for t in QUALITY_TARGETS],
+        "quality_ratios": _ratios(QUALITY_RATIOS, per_round),
     }
 
 
@@ -668,6 +695,7 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
     for ratio in summary["ratios"]:
         lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
     lines += rollout_markdown(data, everything)
+    lines += quality_markdown(data, everything)
 
     lines += [
         "",
@@ -756,6 +784,30 @@ def markdown(data: Mapping[str, Any], plot: str | None = None) -> str:
         lines.append(f"| {labels[s]} | " + " | ".join(cells) + " |")
     lines += ["", "Raw per-round figures: the JSON file next to this one.", ""]
     return "\n".join(lines)
+
+
+def quality_markdown(data: Mapping[str, Any], systems: Sequence[str]) -> list[str]:
+    """Issue 24's section: the cost of the per-row model-quality work."""
+    summary = data["summary"]
+    if QUALITY_OFF not in systems:
+        return []
+    lines = [
+        "",
+        "## Model quality (issue 24): what the per-row estimate and data-quality counting cost",
+        "",
+        "(4) Lungwatch against (11), the same with LUNGWATCH_GATEWAY_QUALITY_MONITORING=false, "
+        "in the same round.",
+        "",
+        "| target | measured | result |",
+        "|---|---|---|",
+    ]
+    for target in summary.get("quality_targets", []):
+        measured, verdict = fmt_target(target)
+        lines.append(f"| {target['text']} | {measured} | {verdict} |")
+    lines += ["", "| other ratio (no target) | measured |", "|---|---|"]
+    for ratio in summary.get("quality_ratios", []):
+        lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
+    return lines
 
 
 def rollout_markdown(data: Mapping[str, Any], systems: Sequence[str]) -> list[str]:

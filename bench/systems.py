@@ -6,7 +6,8 @@ venv; (4) the full Lungwatch path with telemetry exported over OTLP, (5) the sam
 OTel SDK disabled, (6) the same with micro-batching off, (7) full telemetry except that only
 10 % of traces are sampled; (8) and (9) Lungwatch with a challenger beside the champion,
 shadowed at 100 % and answering a 50 % canary, and (10) Lungwatch while @champion is moved to
-another version and back under load (issue 23). Every system serves the one model trained at
+another version and back under load (issue 23); (11) Lungwatch without issue 24's per-row
+model-quality work. Every system serves the one model trained at
 the start of the run (the rollout systems also a second one, trained with another seed), and
 its cold start runs from its first process's start to its first successful prediction.
 """
@@ -139,6 +140,16 @@ SYSTEMS: tuple[SystemSpec, ...] = (
         env={"LUNGWATCH_MODEL_SERVER_RELOAD_INTERVAL_SECONDS": "1"},
         otlp=True,
         loads="hot_swap",
+    ),
+    # Issue 24: (4) without the per-row label-free estimate and data-quality counting; (4)
+    # over this is what that work costs (target: at least 0.95 at 8 connections).
+    SystemSpec(
+        "quality_off",
+        "(11) Lungwatch, model-quality monitoring off",
+        "lungwatch",
+        env={"LUNGWATCH_GATEWAY_QUALITY_MONITORING": "false"},
+        otlp=True,
+        loads="short",
     ),
 )
 

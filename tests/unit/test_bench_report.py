@@ -524,3 +524,31 @@ def test_markdown_shows_the_rollout_section() -> None:
     # the hot swap ran no ladder: it has no row in the per-system tables
     assert "| (10) hot swap |" not in text
     assert "| (8) shadow | 810 | 891 |" in text
+
+
+def test_quality_target_is_lungwatch_over_quality_off_in_the_same_round() -> None:
+    rounds = [rollout_round(), rollout_round()]
+    # (11) answers 8 connections at 930 and 960 req/s; Lungwatch at 900 and 800.
+    rounds[0]["systems"]["quality_off"] = rollout_system(930.0, 14.0)
+    rounds[1]["systems"]["quality_off"] = rollout_system(960.0, 14.0)
+    rounds[1]["systems"]["lungwatch"]["closed"][1]["throughput_rps"] = 800.0
+    summary = report.summarize(rounds)
+    (target,) = summary["quality_targets"]
+    assert target["per_round"] == pytest.approx([900 / 930, 800 / 960])
+    assert target["met"] is False  # median 0.9005 < 0.95
+    rounds[1]["systems"]["lungwatch"]["closed"][1]["throughput_rps"] = 950.0
+    (target,) = report.summarize(rounds)["quality_targets"]
+    assert target["met"] is True  # median of 0.968 and 0.990
+    data = data_for(rounds)
+    data["meta"]["labels"] = {**LABELS, "quality_off": "(11) quality off"}
+    text = report.markdown(data)
+    assert "## Model quality (issue 24)" in text
+    assert "| model-quality monitoring: closed loop 8 connections, throughput on / off" in text
+    assert "throughput on / off ≥ 0.95 | 0.98 (0.97–0.99)× | **met** |" in text
+    assert "| model-quality monitoring: open loop 50 req/s, p99 on / off | 1.61× |" in text
+
+
+def test_quality_section_absent_without_quality_off() -> None:
+    summary = report.summarize([one_round()])
+    assert summary["quality_targets"][0]["met"] is None
+    assert "(issue 24)" not in report.markdown(data_for([one_round()]))
