@@ -791,21 +791,28 @@ def quality_markdown(data: Mapping[str, Any], systems: Sequence[str]) -> list[st
     summary = data["summary"]
     if QUALITY_OFF not in systems:
         return []
-    lines = [
-        "",
+    return section_lines(
         "## Model quality (issue 24): what the per-row estimate and data-quality counting cost",
-        "",
         "(4) Lungwatch against (11), the same with LUNGWATCH_GATEWAY_QUALITY_MONITORING=false, "
         "in the same round.",
-        "",
-        "| target | measured | result |",
-        "|---|---|---|",
-    ]
-    for target in summary.get("quality_targets", []):
+        summary.get("quality_targets", []),
+        summary.get("quality_ratios", []),
+    )
+
+
+def section_lines(
+    title: str,
+    intro: str,
+    targets: Sequence[Mapping[str, Any]],
+    ratios: Sequence[Mapping[str, Any]],
+) -> list[str]:
+    """A section's heading, its targets' verdicts and its other ratios, as markdown tables."""
+    lines = ["", title, "", intro, "", "| target | measured | result |", "|---|---|---|"]
+    for target in targets:
         measured, verdict = fmt_target(target)
         lines.append(f"| {target['text']} | {measured} | {verdict} |")
     lines += ["", "| other ratio (no target) | measured |", "|---|---|"]
-    for ratio in summary.get("quality_ratios", []):
+    for ratio in ratios:
         lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
     return lines
 
@@ -818,22 +825,13 @@ def rollout_markdown(data: Mapping[str, Any], systems: Sequence[str]) -> list[st
     rollout = [s for s in systems if s in (SHADOW, CANARY, HOT_SWAP)]
     if not rollout and not summary.get("rollout_targets"):
         return []
-    lines = [
-        "",
+    lines = section_lines(
         "## Rollout (issue 23): challenger in shadow and canary, hot swap",
-        "",
         "Against (4) Lungwatch alone in the same round; the hot swap against the same run's "
         "requests outside the swaps.",
-        "",
-        "| target | measured | result |",
-        "|---|---|---|",
-    ]
-    for target in summary.get("rollout_targets", []):
-        measured, verdict = fmt_target(target)
-        lines.append(f"| {target['text']} | {measured} | {verdict} |")
-    lines += ["", "| other ratio (no target) | measured |", "|---|---|"]
-    for ratio in summary.get("rollout_ratios", []):
-        lines.append(f"| {ratio['text']} | {fmt_spread(ratio['value'], 2)}× |")
+        summary.get("rollout_targets", []),
+        summary.get("rollout_ratios", []),
+    )
 
     with_challenger = [s for s in rollout if s != HOT_SWAP]
     if with_challenger:
