@@ -30,6 +30,7 @@ from contract.drift import (
 )
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES, FEATURES
 from telemetry import build_telemetry
+from tests.support.metric_reader import point_values
 
 DATASET = [list(r.features) for r in read_rows()]
 SHIFTED = {"age", "smoking", "passive_smoker"}
@@ -237,19 +238,7 @@ def test_pvalues_are_per_served_version_and_forgotten_with_it() -> None:
 
 
 # --- the gauges -----------------------------------------------------------------------------
-def gauges(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    data = reader.get_metrics_data()
-    out: dict[tuple[tuple[str, str], ...], float] = {}
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        key = tuple(
-                            sorted((k, str(v)) for k, v in (point.attributes or {}).items())
-                        )
-                        out[key] = getattr(point, "value", 0)
-    return out
+gauges = point_values
 
 
 @pytest.fixture

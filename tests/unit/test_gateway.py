@@ -6,24 +6,14 @@ import pytest
 
 from api.model_client import ModelBadResponse, ModelTimeout, ModelUnavailable
 from contract.features import EXAMPLE_FEATURES
+from tests.support.metric_reader import point_values
 from tests.unit.conftest import App
 
 GOOD = list(EXAMPLE_FEATURES)
 
 
 def counter_values(app: App, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    data = app.reader.get_metrics_data()
-    values: dict[tuple[tuple[str, str], ...], float] = {}
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        key = tuple(
-                            sorted((k, str(v)) for k, v in (point.attributes or {}).items())
-                        )
-                        values[key] = getattr(point, "value", getattr(point, "count", 0))
-    return values
+    return point_values(app.reader, name)
 
 
 def test_predict_response_shape(gateway: App) -> None:

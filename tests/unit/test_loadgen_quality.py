@@ -50,6 +50,7 @@ from loadgen.quality import (
 from loadgen.runner import RunPlan, run
 from loadgen.stats import TIMEOUT, Outcome, Recorder
 from telemetry import build_telemetry
+from tests.support.metric_reader import point_values
 
 ROWS = load_rows()
 DATASET = [r.features for r in ROWS]
@@ -160,18 +161,11 @@ class Gateway:
         self.monitor.observe(spec.rows, answers, "1", key)
 
     def counts(self) -> dict[tuple[str, str], int]:
-        data = self.reader.get_metrics_data()
-        out: dict[tuple[str, str], int] = {}
-        for rm in data.resource_metrics if data else []:
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    if metric.name == "model_input_quality_total":
-                        for point in metric.data.data_points:
-                            a = point.attributes or {}
-                            value = int(getattr(point, "value", 0))
-                            if value:
-                                out[(str(a["feature"]), str(a["kind"]))] = value
-        return out
+        return {
+            (dict(k)["feature"], dict(k)["kind"]): int(v)
+            for k, v in point_values(self.reader, "model_input_quality_total").items()
+            if v
+        }
 
 
 def outcome(spec: RequestSpec, status: int | None = 200, error: str | None = None) -> Outcome:

@@ -25,6 +25,7 @@ from contract.drift import profile_digest, value_ranges
 from contract.features import EXAMPLE_FEATURES, FEATURE_NAMES
 from contract.settings import GatewaySettings
 from telemetry import build_telemetry
+from tests.support.metric_reader import point_values
 from tests.unit.conftest import App, ScriptedModelClient
 
 DATASET = [r.features for r in read_rows()]
@@ -38,19 +39,7 @@ def fresh_version_labels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(versions, "_seen", {})
 
 
-def values(reader: InMemoryMetricReader, name: str) -> dict[Labels, float]:
-    data = reader.get_metrics_data()
-    out: dict[Labels, float] = {}
-    for rm in data.resource_metrics if data else []:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        key = tuple(
-                            sorted((k, str(v)) for k, v in (point.attributes or {}).items())
-                        )
-                        out[key] = getattr(point, "value", 0)
-    return out
+values = point_values
 
 
 class Quality:
